@@ -70,3 +70,6 @@ class Outcome:
     reply: str = ""  # reply text or a short reason; never message content
     queue_id: str | None = None  # the next hop's queue id, parsed from its 250 reply
     tls: TLSEvidence | None = None
+    # The attempt failed because TLS could not be had (forced mode: after the retry window the
+    # sender hands such a message to the secure fallback instead of marking it failed).
+    tls_failed: bool = False

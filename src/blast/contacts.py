@@ -5,11 +5,43 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-__all__ = ["ContactsSpec"]
+from blast.errors import DataError
+
+__all__ = ["ContactsSpec", "FileFormat", "file_format"]
+
+
+class FileFormat(enum.Enum):
+    """A contacts file format, chosen by extension."""
+
+    CSV = "csv"
+    PARQUET = "parquet"
+    NDJSON = "ndjson"
+
+
+_EXTENSIONS = {
+    ".csv": FileFormat.CSV,
+    ".parquet": FileFormat.PARQUET,
+    ".pq": FileFormat.PARQUET,
+    ".ndjson": FileFormat.NDJSON,
+    ".jsonl": FileFormat.NDJSON,
+}
+
+
+def file_format(path: Path | str) -> FileFormat:
+    """The format of a contacts file from its extension; a ``DataError`` for any other."""
+    suffix = Path(path).suffix.lower()
+    try:
+        return _EXTENSIONS[suffix]
+    except KeyError:
+        allowed = ", ".join(_EXTENSIONS)
+        raise DataError(
+            f"{path}: unknown contacts file extension {suffix or '(none)'!r} (use {allowed})"
+        ) from None
 
 
 class ContactsSpec(BaseModel):

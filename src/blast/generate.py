@@ -43,6 +43,7 @@ In CSV the list columns are joined with ``;`` (an empty list is an empty string)
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import os
 import zlib
@@ -157,16 +158,12 @@ class _Random:
         """One key of ``weights``, chosen with the given (normalised) probabilities."""
         u = self.uniform(field)
         total = sum(weights.values())
-        items = list(weights.items())
-        cumulative = 0.0
-        expr: pl.When | pl.Then | None = None
-        for value, weight in items[:-1]:
-            cumulative += weight / total
-            condition = u < cumulative
-            expr = pl.when(condition) if expr is None else expr.when(condition)  # type: ignore[union-attr]
-            expr = expr.then(pl.lit(value))  # type: ignore[union-attr]
-        last = pl.lit(items[-1][0])
-        return last if expr is None else expr.otherwise(last)  # type: ignore[union-attr]
+        thresholds = itertools.accumulate(weight / total for weight in weights.values())
+        choices = list(zip(weights, thresholds, strict=True))
+        expr: pl.Expr = pl.lit(choices[-1][0])
+        for value, threshold in reversed(choices[:-1]):
+            expr = pl.when(u < threshold).then(pl.lit(value)).otherwise(expr)
+        return expr
 
 
 def _days(n: pl.Expr) -> pl.Expr:

@@ -115,6 +115,124 @@ def generate_contacts_command(
     typer.echo(f"wrote {rows:,} contacts to {path} in {elapsed:.1f}s", err=True)
 
 
+segment_app = typer.Typer(
+    help="Count, sample and explain a segment over a contacts file.\n\n"
+    "Example:\n\n    blast segment count segments/seniors-due-flu-shot.yml "
+    "--contacts data/contacts.parquet",
+    context_settings=CONTEXT,
+    no_args_is_help=True,
+)
+app.add_typer(segment_app, name="segment")
+
+_SEGMENT_ARG = typer.Argument(..., metavar="SEGMENT.yml", help="The segment file.")
+_CONTACTS_OPT = typer.Option(
+    ..., "--contacts", "-c", metavar="FILE", help="Contacts: .parquet, .csv or .ndjson."
+)
+_AS_OF_OPT = typer.Option(
+    None, "--as-of", metavar="DATE", help="Date relative rules count from (YYYY-MM-DD; today)."
+)
+_JSON_OPT = typer.Option(False, "--json", help="Print JSON on stdout.")
+
+
+def _prepare_segment(segment_path: str, contacts_path: str, as_of: str | None) -> Any:
+    """Load the segment and the contacts and plan the segment over them (for the commands)."""
+    import datetime as dt
+
+    from blast.contacts import load_contacts
+    from blast.segments import load_segment, prepare
+
+    try:
+        as_of_date = dt.date.fromisoformat(as_of) if as_of else dt.date.today()
+    except ValueError:
+        raise ConfigError("--as-of: not a date (expected YYYY-MM-DD)") from None
+    segment = load_segment(segment_path)
+    contacts = load_contacts(contacts_path)
+    prepared = prepare(segment, contacts.frame, as_of=as_of_date, id_column=contacts.id_column)
+    return prepared, contacts
+
+
+@segment_app.command("count")
+@handles_errors
+def segment_count_command(
+    segment: str = _SEGMENT_ARG,
+    contacts: str = _CONTACTS_OPT,
+    as_of: str | None = _AS_OF_OPT,
+    json_output: bool = _JSON_OPT,
+) -> None:
+    """Count the contacts in a segment (matching its rules, in none of its exclusions).
+
+    Example:
+
+        blast segment count segments/seniors-due-flu-shot.yml -c data/contacts.parquet --json
+    """
+    import json
+
+    from blast.segments import count
+
+    prepared, _ = _prepare_segment(segment, contacts, as_of)
+    result = count(prepared)
+    if json_output:
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        typer.echo(f"{result.segment}: {result.count:,} of {result.total:,} contacts")
+
+
+@segment_app.command("sample")
+@handles_errors
+def segment_sample_command(
+    segment: str = _SEGMENT_ARG,
+    contacts: str = _CONTACTS_OPT,
+    as_of: str | None = _AS_OF_OPT,
+    rows: int = typer.Option(10, "-n", "--rows", min=1, help="How many contacts to show."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed, for a repeatable sample."),
+    json_output: bool = _JSON_OPT,
+) -> None:
+    """Show a few contacts of a segment: id, email and the fields its rules use.
+
+    Example:
+
+        blast segment sample segments/overdue-checkup.yml --contacts data/contacts.parquet -n 10
+    """
+    import json
+
+    import polars as pl
+
+    from blast.segments import sample
+
+    prepared, loaded = _prepare_segment(segment, contacts, as_of)
+    shown = sample(
+        prepared, rows, id_column=loaded.id_column, email_column=loaded.email_column, seed=seed
+    )
+    if json_output:
+        typer.echo(json.dumps(shown.to_dicts(), default=str))
+        return
+    with pl.Config(tbl_rows=rows, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
+        typer.echo(shown)
+
+
+@segment_app.command("explain")
+@handles_errors
+def segment_explain_command(
+    segment: str = _SEGMENT_ARG,
+    contacts: str = _CONTACTS_OPT,
+    as_of: str | None = _AS_OF_OPT,
+    json_output: bool = _JSON_OPT,
+) -> None:
+    """Print the segment's rules as a funnel: how many contacts are left after each clause.
+
+    Example:
+
+        blast segment explain segments/seniors-due-flu-shot.yml --contacts data/contacts.parquet
+    """
+    import json
+
+    from blast.segments import explain, format_funnel
+
+    prepared, _ = _prepare_segment(segment, contacts, as_of)
+    funnel = explain(prepared)
+    typer.echo(json.dumps(funnel.as_dict()) if json_output else format_funnel(funnel))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,185 @@
+"""Run a segment over contacts: the audience frame, its count, a sample.
+
+Everything is one lazy query per call, so Polars reads only the columns the rules use
+(projection pushdown) and never materialises the contacts for a count. The plan, built by
+``prepare``:
+
+1. behavioural fields joined from the engagement stats, only those the rules read;
+2. ``as_of`` as a literal column, only when a SQL rule or derived field mentions it;
+3. each excluded segment's membership as a boolean column (its own derived fields dropped after);
+4. this segment's derived fields, in dependency order;
+5. ``member``: the compiled ``where`` with unknown (null) read as "no", and no exclusion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import polars as pl
+
+from blast.engagement import BEHAVIOURAL_FIELDS, with_engagement
+from blast.errors import ConfigError
+from blast.segments.compile import CompileContext, compile_rule
+from blast.segments.derive import AS_OF_COLUMN
+from blast.segments.rules import RuleError, did_you_mean
+from blast.segments.segment import Segment
+
+__all__ = ["Prepared", "SegmentCount", "audience", "count", "prepare", "sample"]
+
+_EXCLUDED = "__blast_excluded_{}"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentCount:
+    """``count`` contacts match, out of ``total`` loaded (the ``--json`` shape of the CLI)."""
+
+    segment: str
+    count: int
+    total: int
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {"segment": self.segment, "count": self.count, "total": self.total}
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A segment ready to run: ``frame`` carries every column ``member`` needs."""
+
+    segment: Segment
+    frame: pl.LazyFrame
+    member: pl.Expr
+    context: CompileContext
+    helper_columns: tuple[str, ...]
+    as_of: dt.date
+
+    def compile(self, node: object) -> pl.Expr:
+        """Compile one node of this segment's tree in its context (used by ``explain``)."""
+        try:
+            return compile_rule(node, self.context)
+        except RuleError as exc:
+            raise ConfigError(f"{self.segment.source}: {exc}") from None
+
+
+def _with_derived(frame: pl.LazyFrame, segment: Segment, as_of: dt.date) -> pl.LazyFrame:
+    for item in segment.derive:
+        schema = frame.collect_schema()
+        if item.name in schema:
+            raise ConfigError(
+                f"{segment.source}: {item.path}: '{item.name}' is already a column; "
+                "choose another name"
+            )
+        for name in item.inputs:
+            if name not in schema:
+                raise ConfigError(
+                    f"{segment.source}: {item.path}: unknown column "
+                    f"'{name}'{did_you_mean(name, list(schema))}"
+                )
+        frame = frame.with_columns(item.expr(as_of))
+        try:
+            frame.collect_schema()
+        except pl.exceptions.PolarsError:
+            raise ConfigError(
+                f"{segment.source}: {item.path}: cannot be computed from these columns "
+                "(check the column types)"
+            ) from None
+    return frame
+
+
+def _plan(
+    segment: Segment, frame: pl.LazyFrame, as_of: dt.date, names: Iterator[str]
+) -> tuple[pl.LazyFrame, pl.Expr, CompileContext, list[str]]:
+    excluded: list[str] = []
+    for other in segment.exclude:
+        frame, other_member, _, inner = _plan(other, frame, as_of, names)
+        column = next(names)
+        frame = frame.with_columns(other_member.alias(column)).drop([*other.derived_names, *inner])
+        excluded.append(column)
+    frame = _with_derived(frame, segment, as_of)
+    context = CompileContext(frame.collect_schema(), as_of)
+    try:
+        member = compile_rule(segment.where, context).fill_null(False)
+    except RuleError as exc:
+        raise ConfigError(f"{segment.source}: {exc}") from None
+    if excluded:
+        member = member & ~pl.any_horizontal(excluded)
+    return frame, member, context, excluded
+
+
+def prepare(
+    segment: Segment,
+    contacts: pl.LazyFrame,
+    *,
+    as_of: dt.date | None = None,
+    engagement: pl.LazyFrame | None = None,
+    id_column: str = "id",
+) -> Prepared:
+    """Check ``segment`` against the contacts' columns and build its lazy plan.
+
+    ``engagement`` is the per-contact stats frame (``blast.engagement``); None means no
+    engagement recorded yet. ``as_of`` defaults to today. Raises ``ConfigError`` naming the
+    segment file and YAML path when a rule does not fit the data.
+    """
+    as_of = as_of or dt.date.today()
+    try:
+        columns = contacts.collect_schema().names()
+    except pl.exceptions.PolarsError:
+        raise ConfigError(f"{segment.source}: cannot read the contacts' columns") from None
+    wanted = segment.input_columns()
+    frame = contacts
+    behavioural = [name for name in BEHAVIOURAL_FIELDS if name in wanted and name not in columns]
+    if behavioural:
+        frame = with_engagement(frame, engagement, id_column=id_column, fields=behavioural)
+    helpers: list[str] = []
+    if AS_OF_COLUMN in wanted:
+        if AS_OF_COLUMN in columns:
+            raise ConfigError(
+                f"{segment.source}: the contacts have a column named '{AS_OF_COLUMN}', "
+                "which segments reserve for the as-of date"
+            )
+        frame = frame.with_columns(pl.lit(as_of).alias(AS_OF_COLUMN))
+        helpers.append(AS_OF_COLUMN)
+    names = (_EXCLUDED.format(i) for i in itertools.count())
+    frame, member, context, excluded = _plan(segment, frame, as_of, names)
+    return Prepared(segment, frame, member, context, (*helpers, *excluded), as_of)
+
+
+def _collect(prepared: Prepared, query: pl.LazyFrame) -> pl.DataFrame:
+    try:
+        return query.collect()
+    except pl.exceptions.PolarsError as exc:
+        # Polars' messages can quote data values; keep only the kind of failure.
+        raise ConfigError(
+            f"{prepared.segment.source}: cannot evaluate on these contacts ({type(exc).__name__})"
+        ) from None
+
+
+def audience(prepared: Prepared) -> pl.LazyFrame:
+    """The matching contacts, lazily: their columns plus derived and behavioural fields."""
+    return prepared.frame.filter(prepared.member).drop(list(prepared.helper_columns))
+
+
+def count(prepared: Prepared) -> SegmentCount:
+    """How many contacts match (and are in no excluded segment), out of all loaded; one scan."""
+    query = prepared.frame.select(prepared.member.sum().alias("count"), pl.len().alias("total"))
+    row = _collect(prepared, query).row(0, named=True)
+    return SegmentCount(prepared.segment.name, int(row["count"]), int(row["total"]))
+
+
+def sample(
+    prepared: Prepared,
+    n: int = 10,
+    *,
+    id_column: str = "id",
+    email_column: str = "email",
+    seed: int | None = None,
+) -> pl.DataFrame:
+    """Up to ``n`` random matching contacts: id, email and the fields the rules use."""
+    fields = [name for name in prepared.segment.fields if name != AS_OF_COLUMN]
+    shown = list(dict.fromkeys([id_column, email_column, *fields]))
+    matching = _collect(prepared, audience(prepared).select(shown))
+    if matching.height <= n:
+        return matching.sort(id_column)
+    return matching.sample(n, seed=seed).sort(id_column)

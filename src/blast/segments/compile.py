@@ -115,19 +115,18 @@ def _coerce(value: Scalar, kind: str, where: str) -> Scalar:
     raise RuleError(where, f"cannot compare a column of this type ({kind})")
 
 
-def _literal_list(values: tuple[Scalar, ...], kind: str) -> tuple[pl.Expr, pl.DataType]:
-    if kind == "number":
-        dtype: pl.DataType = pl.Int64() if all(isinstance(v, int) for v in values) else pl.Float64()
-    else:
-        dtype = {"string": pl.String(), "date": pl.Date(), "boolean": pl.Boolean()}[kind]
-    return pl.lit(pl.Series(values, dtype=dtype)).implode(), dtype
-
-
-def _is_in(column: pl.Expr, values: tuple[Scalar, ...], kind: str) -> pl.Expr:
+def _is_in(column: pl.Expr, values: tuple[Scalar, ...], dtype: pl.DataType) -> pl.Expr:
     if not values:
         return pl.lit(False)
-    listed, dtype = _literal_list(values, kind)
-    return column.cast(dtype).is_in(listed)
+    kind = family(dtype)
+    target: pl.DataType
+    if kind == "number":
+        exact = dtype.is_integer() and all(isinstance(v, int) for v in values)
+        target = pl.Int64() if exact else pl.Float64()
+    else:
+        target = {"string": pl.String(), "date": pl.Date(), "boolean": pl.Boolean()}[kind]
+    listed = pl.lit(pl.Series(values, dtype=target)).implode()
+    return column.cast(target).is_in(listed)
 
 
 def _within_days(column: pl.Expr, days: int, as_of: dt.date) -> pl.Expr:
@@ -142,14 +141,14 @@ def _compare(fn: Callable[[Any, Any], Any], col: pl.Expr, value: Any, *_: Any) -
     return fn(col, pl.lit(value))  # type: ignore[no-any-return]
 
 
-# Each builder takes (column, value, as_of, kind) with the value already coerced to the column's
-# type; the result is null wherever the column is null (three-valued logic).
-_Builder = Callable[[pl.Expr, Any, dt.date, str], pl.Expr]
+# Each builder takes (column, value, as_of, column dtype), the value already coerced to the
+# column's type; the result is null wherever the column is null (three-valued logic).
+_Builder = Callable[[pl.Expr, Any, dt.date, pl.DataType], pl.Expr]
 _BUILDERS: dict[str, _Builder] = {
     **{op: functools.partial(_compare, fn) for op, fn in _COMPARISONS.items()},
     "between": lambda col, v, _a, _k: col.is_between(pl.lit(v[0]), pl.lit(v[1]), closed="both"),
-    "in": lambda col, v, _a, kind: _is_in(col, v, kind),
-    "not_in": lambda col, v, _a, kind: ~_is_in(col, v, kind) if v else pl.lit(True),
+    "in": lambda col, v, _a, dtype: _is_in(col, v, dtype),
+    "not_in": lambda col, v, _a, dtype: ~_is_in(col, v, dtype) if v else pl.lit(True),
     "contains": lambda col, v, _a, _k: col.list.contains(pl.lit(v)),
     "not_contains": lambda col, v, _a, _k: ~col.list.contains(pl.lit(v)),
     "contains_any": lambda col, v, _a, _k: pl.any_horizontal(_contains_each(col, v)),
@@ -215,7 +214,7 @@ def _leaf(node: Leaf, ctx: CompileContext) -> pl.Expr:
         column = column.dt.date()  # timestamps compare by their calendar date
     elif isinstance(dtype, pl.Categorical | pl.Enum):
         column = column.cast(pl.String)
-    return _BUILDERS[node.op](column, value, ctx.as_of, kind)
+    return _BUILDERS[node.op](column, value, ctx.as_of, dtype)
 
 
 @compile_rule.register

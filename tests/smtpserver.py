@@ -54,6 +54,7 @@ __all__ = [
     "OTHER_CA",
     "TRUSTED_CA",
     "Faults",
+    "LatencyProxy",
     "Received",
     "SMTPTestServer",
     "ServerTLS",
@@ -415,3 +416,64 @@ async def smtp_server(**kwargs: Any) -> AsyncIterator[SMTPTestServer]:
     """``async with smtp_server(tls=..., faults=...) as server``: shorthand for the class."""
     async with SMTPTestServer(**kwargs) as server:
         yield server
+
+
+class LatencyProxy:
+    """A TCP proxy on 127.0.0.1:0 that delays every chunk by ``delay`` seconds each way.
+
+    ``async with LatencyProxy(server.port, delay=0.01) as proxy`` then dial ``proxy.port``: a
+    20 ms round trip on loopback, to show what pipelining saves over a real network.
+    """
+
+    def __init__(self, target_port: int, *, delay: float, target_host: str = HOST) -> None:
+        self.target = (target_host, target_port)
+        self.delay = delay
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, chunk = await chunks.get()
+                if not chunk:
+                    break
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(chunk)
+                await writer.drain()
+            writer.close()
+
+        sender = loop.create_task(deliver())
+        try:
+            while chunk := await reader.read(65536):
+                chunks.put_nowait((loop.time() + self.delay, chunk))
+        except ConnectionError:
+            pass
+        chunks.put_nowait((loop.time() + self.delay, b""))
+        with contextlib.suppress(ConnectionError):
+            await sender
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        pumps = [
+            asyncio.ensure_future(self._pump(reader, up_writer)),
+            asyncio.ensure_future(self._pump(up_reader, writer)),
+        ]
+        task = asyncio.ensure_future(asyncio.gather(*pumps, return_exceptions=True))
+        self._tasks.add(task)  # type: ignore[arg-type]
+        await task
+
+    async def __aenter__(self) -> LatencyProxy:
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

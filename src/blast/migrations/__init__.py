@@ -1,0 +1,1 @@
+"""Alembic migrations for blast's store, applied programmatically on first use (see ledger)."""

@@ -1,0 +1,210 @@
+"""MIME built as bytes, directly: pure helpers, no ``email.message`` on the hot path.
+
+Everything here returns bytes with CRLF line endings and no line over 998 octets:
+
+- ``unstructured(name, value)``: a header line; raw when the value is plain printable ASCII,
+  RFC 2047 encoded words (UTF-8, base64) otherwise, folded to stay short.
+- ``mailbox(name, address)``: ``"Display Name" <user@example.org>`` (encoded words if needed).
+- ``QPEncoder``: quoted-printable bodies (``binascii.b2a_qp``, C) with a per-line cache seeded
+  from a template's static lines: quoted-printable is line-local, so a line that is the same in
+  every message is encoded once per run.
+- ``message_id(run_id, recipient, domain)``: deterministic per (run, recipient).
+- ``http_date()``: the Date header value, cached per second.
+
+A header value with CR or LF never reaches the output: ``check_header`` raises
+``BlockedMessage`` naming the header (never the value).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import time
+from collections.abc import Iterable
+from email.utils import formatdate
+
+from blast.errors import BlockedMessage
+
+__all__ = [
+    "CRLF",
+    "QPEncoder",
+    "check_header",
+    "encoded_words",
+    "http_date",
+    "mailbox",
+    "message_id",
+    "qp_encode",
+    "unstructured",
+]
+
+CRLF = b"\r\n"
+_WORD_BYTES = 45  # 45 bytes -> 60 base64 chars -> a 72-char encoded word (RFC 2047: <= 75)
+_FOLD_AT = 78
+_PLAIN = re.compile(r"^[\x21-\x7e]+(?: [\x21-\x7e]+)*$")  # printable ASCII, single spaces
+_ATEXT_PHRASE = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$"
+)
+_QUOTABLE = re.compile(r"^[\x20-\x7e]*$")
+_ADDRESS = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+)
+
+
+def check_header(name: str, value: str) -> None:
+    """Raise ``BlockedMessage`` if ``value`` could break out of its header (CR or LF)."""
+    if "\r" in value or "\n" in value:
+        raise BlockedMessage(f"CR or LF in the {name} header")
+
+
+def encoded_words(text: str) -> list[bytes]:
+    """RFC 2047 ``=?utf-8?b?...?=`` words, each whole UTF-8 characters and <= 75 octets."""
+    data = text.encode("utf-8")
+    words = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:  # never split a character
+            end -= 1
+        words.append(b"=?utf-8?b?" + base64.b64encode(data[start:end]) + b"?=")
+        start = end
+    return words
+
+
+def _fold_words(prefix: bytes, words: Iterable[bytes], sep: bytes = b" ") -> bytes:
+    """Join words after ``prefix`` with ``sep``, folding (CRLF + space) before 78 octets."""
+    out = bytearray(prefix)
+    line = len(prefix)
+    first = True
+    for word in words:
+        if not first and line + len(sep) + len(word) > _FOLD_AT:
+            out += b"\r\n " + word
+            line = 1 + len(word)
+        else:
+            if not first:
+                out += sep
+                line += len(sep)
+            out += word
+            line += len(word)
+        first = False
+    return bytes(out)
+
+
+def unstructured(name: str, value: str) -> bytes:
+    """``Name: value`` + CRLF, raw if plain printable ASCII, else RFC 2047 encoded words.
+
+    Raises ``BlockedMessage`` for CR or LF in ``value``. The email parser with
+    ``policy.default`` reads back exactly ``value``.
+    """
+    check_header(name, value)
+    prefix = name.encode("ascii") + b": "
+    if _PLAIN.match(value) and "=?" not in value:
+        if len(prefix) + len(value) <= _FOLD_AT:
+            return prefix + value.encode("ascii") + CRLF
+        words = value.encode("ascii").split(b" ")
+        if max(map(len, words)) < 900:
+            return _fold_words(prefix, words) + CRLF
+    if not value:
+        return prefix + CRLF
+    return _fold_words(prefix, encoded_words(value)) + CRLF
+
+
+def display_name(name: str) -> str:
+    """The display name as sent: runs of whitespace collapsed, ends trimmed."""
+    return " ".join(name.split())
+
+
+def mailbox(name: str, address: str) -> bytes:
+    """``"Name" <address>`` as header bytes (no header name, no CRLF); bare address if no name.
+
+    ``name`` is normalised by ``display_name``; it is quoted when printable ASCII, otherwise
+    written as encoded words. Callers check CR/LF and the address first.
+    """
+    name = display_name(name)
+    addr = b"<" + address.encode("ascii") + b">"
+    if not name:
+        return address.encode("ascii")
+    if _ATEXT_PHRASE.match(name) and len(name) <= 60 and "=?" not in name:
+        return name.encode("ascii") + b" " + addr
+    if _QUOTABLE.match(name) and len(name) <= 60:
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        return b'"' + quoted.encode("ascii") + b'" ' + addr
+    return _fold_words(b"", [*encoded_words(name), addr])
+
+
+def valid_address(address: str) -> bool:
+    """A plain ASCII ``local@domain`` address we can put in To and RCPT TO."""
+    return bool(_ADDRESS.match(address)) and ".." not in address
+
+
+def message_id(run_id: str, recipient: str, domain: str) -> str:
+    """A Message-ID (no angle brackets) that is the same for the same (run, recipient)."""
+    digest = hashlib.sha256(f"{run_id}\x00{recipient}".encode()).hexdigest()[:32]
+    return f"{digest}@{domain}"
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date(now: float | None = None) -> bytes:
+    """The RFC 5322 Date value for now (cached per second: the hot path calls it per message)."""
+    global _date_cache
+    second = int(time.time() if now is None else now)
+    if _date_cache[0] != second:
+        _date_cache = (second, formatdate(second, localtime=False, usegmt=True).encode("ascii"))
+    return _date_cache[1]
+
+
+class QPEncoder:
+    """Quoted-printable body encoding with a per-run line cache.
+
+    ``seed`` lines (a template's static lines) are encoded once; other lines on each call, a run
+    of consecutive lines in one ``b2a_qp`` call. The cache is never written at run time, so it
+    holds template text only, never contact data.
+    """
+
+    __slots__ = ("_cache",)
+
+    def __init__(self, seed: Iterable[str] = ()) -> None:
+        self._cache: dict[str, bytes] = {"": b""}
+        for line in seed:
+            if "\r" not in line and "\n" not in line:
+                self._cache[line] = _qp_block(line)
+
+    def encode(self, text: str) -> tuple[bytes, list[str]]:
+        """The body as quoted-printable UTF-8 with CRLF line endings (lone CR/LF normalised),
+        and the runs of lines that were not in the cache (the per-recipient text, for DLP)."""
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        get = self._cache.get
+        out: list[bytes] = []
+        fresh: list[str] = []
+        pending: list[str] = []
+        for line in text.split("\n"):
+            encoded = get(line)
+            if encoded is None:
+                pending.append(line)
+                continue
+            if pending:
+                chunk = "\n".join(pending)
+                fresh.append(chunk)
+                out.append(_qp_block(chunk))
+                pending = []
+            out.append(encoded)
+        if pending:
+            chunk = "\n".join(pending)
+            fresh.append(chunk)
+            out.append(_qp_block(chunk))
+        return CRLF.join(out), fresh
+
+
+def qp_encode(text: str) -> bytes:
+    """Quoted-printable UTF-8 with CRLF line endings, no cache."""
+    return QPEncoder().encode(text)[0]
+
+
+def _qp_block(text: str) -> bytes:
+    # b2a_qp keeps the input's line ending ("\n") for hard breaks and soft breaks ("=\n").
+    encoded = binascii.b2a_qp(text.encode("utf-8"))
+    return encoded.replace(b"\n", b"\r\n") if b"\n" in encoded else encoded

@@ -89,6 +89,20 @@ def parse_segment(
     return Segment(name, where, description, sensitive, derive, exclude, source)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that leaves an impossible date (``2026-13-01``) as text, so the compiler
+    reports it with its YAML path instead of PyYAML failing without one."""
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> object:  # type: ignore[override]
+        try:
+            return super().construct_yaml_timestamp(node)  # type: ignore[arg-type]
+        except ValueError:
+            return self.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
 def _read_yaml(path: Path, shown: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -97,7 +111,7 @@ def _read_yaml(path: Path, shown: str) -> Any:
     except OSError as exc:
         raise ConfigError(f"{shown}: cannot read ({exc.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -12,7 +12,14 @@ from typer.testing import CliRunner
 
 from blast.cli import app
 from blast.errors import DataError
-from blast.generate import AS_OF, CONDITIONS, DOMAINS, contacts_frame, generate_contacts
+from blast.generate import (
+    AS_OF,
+    CONDITIONS,
+    DOMAINS,
+    contacts_frame,
+    generate_contacts,
+    synthetic_contacts,
+)
 
 EXPECTED_SCHEMA = {
     "id": pl.Int64,
@@ -211,3 +218,13 @@ def test_cli_usage_errors_are_one_line_and_exit_2(tmp_path, args, monkeypatch):
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert result.output.startswith("blast: error: ")
+
+
+def test_the_streaming_source_honours_projection_filters_and_limits():
+    lazy = synthetic_contacts(1_000, chunk_rows=128)
+    direct = contacts_frame(1, 1_001).collect()
+    assert_frame_equal(lazy.collect(), direct)
+    picked = lazy.filter(pl.col("id") > 990).select("id", "email").collect()
+    assert_frame_equal(picked, direct.filter(pl.col("id") > 990).select("id", "email"))
+    assert lazy.head(5).collect()["id"].to_list() == [1, 2, 3, 4, 5]
+    assert lazy.select(pl.len()).collect().item() == 1_000

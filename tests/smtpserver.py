@@ -42,6 +42,7 @@ import enum
 import ssl
 import tempfile
 import threading
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,13 +119,22 @@ class Received:
 def tls10_available() -> bool:
     """Can this OpenSSL serve TLS 1.0 at all (with ``@SECLEVEL=0``)?"""
     try:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1_1
-        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        _legacy_context()
     except (ValueError, ssl.SSLError):
         return False
     return True
+
+
+def _legacy_context() -> ssl.SSLContext:
+    """A server context speaking only TLS 1.0 and 1.1, as old appliances still do."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # OpenSSL 3 refuses TLS 1.0/1.1 at the default security level; level 0 allows it.
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    return context
 
 
 def _server_context(tls: ServerTLS) -> ssl.SSLContext | None:
@@ -144,17 +154,14 @@ def _server_context(tls: ServerTLS) -> ssl.SSLContext | None:
         cert = TRUSTED_CA.issue_cert(*names, key_type=trustme.KeyType.RSA)
     else:
         cert = TRUSTED_CA.issue_cert(*names)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = (
+        _legacy_context() if tls is ServerTLS.TLS10 else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    )
     cert.configure_cert(context)
     if tls is ServerTLS.TLS12:
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     elif tls is ServerTLS.TLS13:
         context.minimum_version = ssl.TLSVersion.TLSv1_3
-    elif tls is ServerTLS.TLS10:
-        # OpenSSL 3 refuses TLS 1.0/1.1 at the default security level; level 0 allows it.
-        context.set_ciphers("DEFAULT:@SECLEVEL=0")
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1_1
     elif tls is ServerTLS.WEAK_CIPHER:
         context.maximum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers("AES128-SHA:@SECLEVEL=0")
@@ -227,7 +234,7 @@ class _Recorder:
                 tls=session.ssl is not None,
                 tls_version=ssl_object.version() if ssl_object else None,
                 cipher=cipher[0] if cipher else None,
-                authenticated=session.authenticated,
+                authenticated=bool(session.authenticated),
                 mail_options=tuple(envelope.mail_options),
                 pipelined=conn.pipelined,
                 ehlo_name=session.host_name,
@@ -350,7 +357,7 @@ class SMTPTestServer:
             and self.credentials is not None
             and (data.login.decode(), data.password.decode()) == self.credentials
         )
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)
 
     def _protocol(self) -> _FaultySMTP:
         kwargs: dict[str, Any] = {

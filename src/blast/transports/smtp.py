@@ -47,7 +47,7 @@ from aiosmtplib.protocol import (
 from aiosmtplib.response import SMTPResponse
 
 from blast.delivery import Message, Outcome, Status, TLSEvidence, Trust
-from blast.errors import TemporaryFailure, TLSRequired
+from blast.errors import DeliveryError, TemporaryFailure, TLSRequired
 from blast.tls.policy import evidence, negotiated_problem
 
 __all__ = [
@@ -350,6 +350,8 @@ class Session:
                     f"{host}: greeting {greeting.code} {greeting.message[:80]}", code=greeting.code
                 )
             await self._ehlo(helo)
+        except DeliveryError:
+            raise
         except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, OSError) as exc:
             raise TemporaryFailure(f"{host}: session setup failed ({type(exc).__name__})") from exc
 
@@ -410,6 +412,8 @@ class Session:
         self.evidence = evidence(host, ip, version, cipher, trust)
         try:
             await self._ehlo(helo)  # RFC 3207: forget what was said before TLS; ask again
+        except DeliveryError:
+            raise
         except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, OSError) as exc:
             raise TemporaryFailure(f"{host}: EHLO after STARTTLS failed") from exc
 
@@ -427,6 +431,8 @@ class Session:
                     reply = await self._command(secret)
             else:
                 raise TemporaryFailure(f"{self.host}: no AUTH PLAIN or LOGIN offered after TLS")
+        except DeliveryError:
+            raise
         except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, OSError) as exc:
             raise TemporaryFailure(f"{self.host}: AUTH failed ({type(exc).__name__})") from exc
         if reply.code != 235:

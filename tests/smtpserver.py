@@ -288,6 +288,8 @@ class _FaultySMTP(SMTP):
         if self.owner.tls is ServerTLS.GARBAGE:
             await self.push("220 2.0.0 Ready to start TLS")
             assert self.transport is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reader.read(5), 2)  # the ClientHello begins
             self.transport.write(b"HTTP/1.1 400 this is not a TLS handshake\r\n\r\n")
             await asyncio.sleep(0.2)
             self.hang_up_now()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -231,6 +232,37 @@ def segment_explain_command(
     prepared, _ = _prepare_segment(segment, contacts, as_of)
     funnel = explain(prepared)
     typer.echo(json.dumps(funnel.as_dict()) if json_output else format_funnel(funnel))
+
+
+@app.command("sink", context_settings=CONTEXT)
+@handles_errors
+def sink_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(
+        2525, "--port", min=0, max=65535, help="Port to listen on; 0 picks a free one."
+    ),
+    tls: bool = typer.Option(
+        False, "--tls", help="Offer STARTTLS on a certificate generated at start."
+    ),
+    maildir: Path | None = typer.Option(
+        None, "--maildir", help="Store each message in this Maildir (default: only count)."
+    ),
+    ca_out: Path | None = typer.Option(
+        None, "--ca-out", help="Write the generated CA certificate here (a campaign's ca_file)."
+    ),
+) -> None:
+    """Run a local capture SMTP server for demos and trials, until SIGTERM or Ctrl-C.
+
+    The first line on stdout is the port it listens on; a summary per TLS version goes to
+    stderr when it stops.
+
+    Example:
+
+        blast sink --port 2525 --tls --ca-out sink-ca.pem --maildir sink/
+    """
+    from blast.sink import run_sink
+
+    run_sink(host=host, port=port, tls=tls, maildir=maildir, ca_out=ca_out)
 
 
 def main() -> None:

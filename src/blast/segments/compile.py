@@ -8,10 +8,11 @@ caller turns the final null into "not selected" (``fill_null(False)``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,8 @@ class CompileContext:
 
     schema: pl.Schema
     as_of: dt.date
+    # Derived fields compiled in place of their column (see ``Derived.inlinable``).
+    inline: Mapping[str, pl.Expr] = dataclasses.field(default_factory=dict)
 
 
 _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
@@ -209,7 +212,7 @@ def _leaf(node: Leaf, ctx: CompileContext) -> pl.Expr:
         value = _coerce(value, _element_family(dtype), node.at)
     elif shape == "each_element":
         value = tuple(_coerce(item, _element_family(dtype), node.at) for item in value)
-    column = pl.col(node.field)
+    column = ctx.inline.get(node.field, pl.col(node.field))
     if isinstance(dtype, pl.Datetime):
         column = column.dt.date()  # timestamps compare by their calendar date
     elif isinstance(dtype, pl.Categorical | pl.Enum):

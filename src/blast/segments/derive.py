@@ -83,11 +83,21 @@ class Derived:
             return tuple(self._sql().meta.root_names())
         return (self.source,)
 
+    @property
+    def inlinable(self) -> bool:
+        """True when the field is a function of one source column (no SQL): rules can then
+        use its expression directly, which keeps their filter pushed down into the scan."""
+        return self.kind != "sql"
+
+    def compute(self, as_of: dt.date) -> pl.Expr:
+        """The unnamed Polars expression computing this field."""
+        if self.kind == "sql":
+            return self._sql()
+        return _HELPERS[self.kind](pl.col(self.source), as_of)
+
     def expr(self, as_of: dt.date) -> pl.Expr:
         """The Polars expression computing this field, named after it."""
-        if self.kind == "sql":
-            return self._sql().alias(self.name)
-        return _HELPERS[self.kind](pl.col(self.source), as_of).alias(self.name)
+        return self.compute(as_of).alias(self.name)
 
 
 def _parse_one(name: Any, spec: Any, path: str) -> Derived:

@@ -54,6 +54,8 @@ class Prepared:
     context: CompileContext
     helper_columns: tuple[str, ...]
     as_of: dt.date
+    contacts: pl.LazyFrame
+    excluded: tuple[pl.Expr, ...]  # membership of each excluded segment, in order
 
     def compile(self, node: object) -> pl.Expr:
         """Compile one node of this segment's tree in its context (used by ``explain``)."""
@@ -89,23 +91,44 @@ def _with_derived(frame: pl.LazyFrame, segment: Segment, as_of: dt.date) -> pl.L
 
 
 def _plan(
-    segment: Segment, frame: pl.LazyFrame, as_of: dt.date, names: Iterator[str]
-) -> tuple[pl.LazyFrame, pl.Expr, CompileContext, list[str]]:
-    excluded: list[str] = []
+    segment: Segment,
+    frame: pl.LazyFrame,
+    as_of: dt.date,
+    names: Iterator[str],
+    *,
+    keep_derived: bool,
+) -> tuple[pl.LazyFrame, pl.Expr, CompileContext, list[str], list[pl.Expr]]:
+    """Return (frame, member, context, helper columns, exclusions) for ``segment``.
+
+    Derived fields that are plain functions of a column are compiled inline, so the filter
+    only names source columns and Polars pushes it into the scan. An excluded segment is inlined
+    the same way unless it has SQL-derived fields; then its membership becomes a helper column
+    (its derived columns are dropped again, so names can repeat across segments).
+    """
+    helpers: list[str] = []
+    excluded: list[pl.Expr] = []
     for other in segment.exclude:
-        frame, other_member, _, inner = _plan(other, frame, as_of, names)
+        frame, other_member, _, inner, _ = _plan(other, frame, as_of, names, keep_derived=False)
+        helpers.extend(inner)
+        if all(item.inlinable for item in other.derive):
+            excluded.append(other_member)
+            continue
         column = next(names)
-        frame = frame.with_columns(other_member.alias(column)).drop([*other.derived_names, *inner])
-        excluded.append(column)
-    frame = _with_derived(frame, segment, as_of)
-    context = CompileContext(frame.collect_schema(), as_of)
+        frame = frame.with_columns(other_member.alias(column)).drop(list(other.derived_names))
+        helpers.append(column)
+        excluded.append(pl.col(column))
+    derived_frame = _with_derived(frame, segment, as_of)
+    inline = {item.name: item.compute(as_of) for item in segment.derive if item.inlinable}
+    context = CompileContext(derived_frame.collect_schema(), as_of, inline)
     try:
         member = compile_rule(segment.where, context).fill_null(False)
     except RuleError as exc:
         raise ConfigError(f"{segment.source}: {exc}") from None
     if excluded:
         member = member & ~pl.any_horizontal(excluded)
-    return frame, member, context, excluded
+    if keep_derived or not all(item.inlinable for item in segment.derive):
+        frame = derived_frame
+    return frame, member, context, helpers, excluded
 
 
 def prepare(
@@ -142,8 +165,10 @@ def prepare(
         frame = frame.with_columns(pl.lit(as_of).alias(AS_OF_COLUMN))
         helpers.append(AS_OF_COLUMN)
     names = (_EXCLUDED.format(i) for i in itertools.count())
-    frame, member, context, excluded = _plan(segment, frame, as_of, names)
-    return Prepared(segment, frame, member, context, (*helpers, *excluded), as_of)
+    frame, member, context, inner, excluded = _plan(segment, frame, as_of, names, keep_derived=True)
+    return Prepared(
+        segment, frame, member, context, (*helpers, *inner), as_of, contacts, tuple(excluded)
+    )
 
 
 def _collect(prepared: Prepared, query: pl.LazyFrame) -> pl.DataFrame:
@@ -163,9 +188,17 @@ def audience(prepared: Prepared) -> pl.LazyFrame:
 
 def count(prepared: Prepared) -> SegmentCount:
     """How many contacts match (and are in no excluded segment), out of all loaded; one scan."""
-    query = prepared.frame.select(prepared.member.sum().alias("count"), pl.len().alias("total"))
-    row = _collect(prepared, query).row(0, named=True)
-    return SegmentCount(prepared.segment.name, int(row["count"]), int(row["total"]))
+    # A filter (not a sum over every row) lets Polars push the predicate into the Parquet
+    # reader; the total of a Parquet file then comes from its metadata.
+    matching = prepared.frame.filter(prepared.member).select(pl.len())
+    total = prepared.contacts.select(pl.len())
+    try:
+        found, loaded = pl.collect_all([matching, total])
+    except pl.exceptions.PolarsError as exc:
+        raise ConfigError(
+            f"{prepared.segment.source}: cannot evaluate on these contacts ({type(exc).__name__})"
+        ) from None
+    return SegmentCount(prepared.segment.name, int(found.item()), int(loaded.item()))
 
 
 def sample(

@@ -129,17 +129,10 @@ def explain(prepared: Prepared) -> Funnel:
     ]
     matched = _walk(prepared, segment.where, pl.lit(True), 0, "left", lines)
     running = matched
-    for i, (other, column) in enumerate(
-        zip(
-            segment.exclude,
-            [c for c in prepared.helper_columns if c.startswith("__blast_")],
-            strict=False,
-        )
-    ):
-        running = running & ~pl.col(column)
-        lines.append(
-            (0, f"minus segment {other.name} ({other.source})", "exclude", f"exclude[{i}]", running)
-        )
+    for i, (other, member) in enumerate(zip(segment.exclude, prepared.excluded, strict=True)):
+        running = running & ~member
+        label = f"minus segment {other.name} ({other.source})"
+        lines.append((0, label, "exclude", f"exclude[{i}]", running))
     lines.append((0, "selected", "result", "", prepared.member))
     query = prepared.frame.select(
         expr.sum().alias(f"c{i}") if i else pl.len().alias("c0")

@@ -265,6 +265,110 @@ def sink_command(
     run_sink(host=host, port=port, tls=tls, maildir=maildir, ca_out=ca_out)
 
 
+_CAMPAIGN_ARG = typer.Argument(..., metavar="CAMPAIGN.yml", help="The campaign file.")
+
+
+@app.command("validate", context_settings=CONTEXT)
+@handles_errors
+def validate_command(
+    campaign: str = _CAMPAIGN_ARG,
+    samples: int = typer.Option(
+        20, "--samples", min=0, help="How many contacts of the segment to render and check."
+    ),
+    as_of: str | None = typer.Option(
+        None, "--as-of", metavar="DATE", help="Date the segment's rules count from (today)."
+    ),
+) -> None:
+    """Check a campaign: YAML, segment, templates and compliance. Exit 0 if it passes, else 1.
+
+    One line per finding on stdout (file, YAML path, what is wrong): unsubscribe link and
+    postal address in both parts, a valid From, a subject, TLS and subject rules for sensitive
+    segments, DLP rules; then sample contacts are rendered.
+
+    Example:
+
+        blast validate campaigns/flu-shot.yml --samples 50
+    """
+    import datetime as dt
+
+    from blast.compliance import validate_campaign
+
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {as_of!r}") from None
+    findings = validate_campaign(campaign, samples=samples, as_of=day)
+    for finding in findings:
+        typer.echo(str(finding))
+    errors = sum(finding.error for finding in findings)
+    warnings = len(findings) - errors
+    verdict = f"{errors} error(s)" if errors else "ok"
+    typer.echo(f"{campaign}: {verdict}, {warnings} warning(s)", err=True)
+    raise typer.Exit(1 if errors else 0)
+
+
+@app.command("preview", context_settings=CONTEXT)
+@handles_errors
+def preview_command(
+    campaign: str = _CAMPAIGN_ARG,
+    contact: str = typer.Option(..., "--contact", metavar="ID", help="The contact's id."),
+    raw: bool = typer.Option(False, "--raw", help="Print the exact bytes that would be sent."),
+    html: Path | None = typer.Option(
+        None, "--html", metavar="FILE", help="Also write the HTML part to FILE (for a browser)."
+    ),
+    as_of: str | None = typer.Option(
+        None, "--as-of", metavar="DATE", help="Date derived fields count from (today)."
+    ),
+) -> None:
+    """Show one contact's message as they would get it: headers, text part, HTML part.
+
+    Tracking links are signed with a throwaway key unless BLAST_TRACKING_KEY is set.
+
+    Example:
+
+        blast preview campaigns/flu-shot.yml --contact 42 --html /tmp/flu.html
+    """
+    import datetime as dt
+
+    from blast.preview import preview
+
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {as_of!r}") from None
+    result = preview(campaign, contact, as_of=day)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    if html is not None and result.html is not None:
+        html.write_text(result.html, encoding="utf-8")
+    if raw:
+        sys.stdout.buffer.write(result.message.data)
+        sys.stdout.flush()
+    else:
+        typer.echo(result.shown)
+
+
+@app.command("schema", context_settings=CONTEXT)
+@handles_errors
+def schema_command(
+    kind: str = typer.Argument(..., metavar="campaign|segment", help="Which file's schema."),
+) -> None:
+    """Print the JSON Schema of campaign or segment YAML, for editor completion.
+
+    Example:
+
+        blast schema campaign > .schemas/campaign.json
+    """
+    import json
+
+    from blast.config import campaign_schema, segment_schema
+
+    schemas = {"campaign": campaign_schema, "segment": segment_schema}
+    if kind not in schemas:
+        raise ConfigError(f"schema: unknown kind {kind!r}; expected campaign or segment")
+    typer.echo(json.dumps(schemas[kind](), indent=2))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

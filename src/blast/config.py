@@ -42,6 +42,7 @@ __all__ = [
     "campaign_schema",
     "load_campaign",
     "parse_address",
+    "segment_schema",
 ]
 
 # Clinical fields whose values must never reach a sensitive campaign's subject line (globs).
@@ -453,3 +454,95 @@ def campaign_schema() -> dict[str, Any]:
     }
     schema.setdefault("$defs", {})["ContactsSpec"] = ContactsSpec.model_json_schema()
     return schema
+
+
+def segment_schema() -> dict[str, Any]:
+    """JSON Schema of a segment file (``blast schema segment``).
+
+    Segments are parsed into a dataclass rule tree (``blast.segments``), not a pydantic model,
+    so the schema is written from its operator and derive tables and stays in step with them.
+    """
+    from blast.segments.derive import DERIVE_KINDS
+    from blast.segments.rules import OPERATORS
+
+    scalar = {"type": ["string", "number", "boolean"]}
+    shapes: dict[str, dict[str, Any]] = {
+        "scalar": scalar,
+        "pair": {"type": "array", "items": scalar, "minItems": 2, "maxItems": 2},
+        "list": {"type": "array", "items": scalar},
+        "nonempty_list": {"type": "array", "items": scalar, "minItems": 1},
+        "true": {"const": True},
+        "days": {"type": "integer", "minimum": 0},
+        "regex": {"type": "string", "format": "regex"},
+    }
+    leaves = [
+        {
+            "type": "object",
+            "title": op,
+            "properties": {"field": {"type": "string"}, op: shapes[shape]},
+            "required": ["field", op],
+            "additionalProperties": False,
+        }
+        for op, shape in OPERATORS.items()
+    ]
+    rule_ref = {"$ref": "#/$defs/rule"}
+    rule = {
+        "oneOf": [
+            *leaves,
+            {
+                "type": "object",
+                "title": "sql",
+                "properties": {"sql": {"type": "string"}},
+                "required": ["sql"],
+                "additionalProperties": False,
+            },
+            *(
+                {
+                    "type": "object",
+                    "title": kind,
+                    "properties": {kind: {"type": "array", "items": rule_ref}},
+                    "required": [kind],
+                    "additionalProperties": False,
+                }
+                for kind in ("all", "any")
+            ),
+            {
+                "type": "object",
+                "title": "not",
+                "properties": {"not": rule_ref},
+                "required": ["not"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+    derived = {
+        "oneOf": [
+            {"type": "string", "description": "a Polars SQL expression; may use as_of"},
+            *(
+                {
+                    "type": "object",
+                    "properties": {kind: {"type": "string", "description": "a column"}},
+                    "required": [kind],
+                    "additionalProperties": False,
+                }
+                for kind in DERIVE_KINDS
+                if kind != "sql"
+            ),
+        ]
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "blast segment",
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "sensitive": {"type": "boolean", "default": False},
+            "derive": {"type": "object", "additionalProperties": derived},
+            "where": rule_ref,
+            "exclude": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["where"],
+        "additionalProperties": False,
+        "$defs": {"rule": rule},
+    }

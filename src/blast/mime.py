@@ -159,9 +159,8 @@ def http_date(now: float | None = None) -> bytes:
 class QPEncoder:
     """Quoted-printable body encoding with a per-run line cache.
 
-    ``seed`` lines (a template's static lines) are encoded once; other lines on each call, a run
-    of consecutive lines in one ``b2a_qp`` call. The cache is never written at run time, so it
-    holds template text only, never contact data.
+    ``seed`` lines (a template's static lines) are encoded once; other lines on each call. The
+    cache is never written at run time, so it holds template text only, never contact data.
     """
 
     __slots__ = ("_cache",)
@@ -174,29 +173,15 @@ class QPEncoder:
 
     def encode(self, text: str) -> tuple[bytes, list[str]]:
         """The body as quoted-printable UTF-8 with CRLF line endings (lone CR/LF normalised),
-        and the runs of lines that were not in the cache (the per-recipient text, for DLP)."""
+        and the lines that were not in the cache (the per-recipient text, for DLP)."""
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
-        get = self._cache.get
-        out: list[bytes] = []
-        fresh: list[str] = []
-        pending: list[str] = []
-        for line in text.split("\n"):
-            encoded = get(line)
-            if encoded is None:
-                pending.append(line)
-                continue
-            if pending:
-                chunk = "\n".join(pending)
-                fresh.append(chunk)
-                out.append(_qp_block(chunk))
-                pending = []
-            out.append(encoded)
-        if pending:
-            chunk = "\n".join(pending)
-            fresh.append(chunk)
-            out.append(_qp_block(chunk))
-        return CRLF.join(out), fresh
+        lines = text.split("\n")
+        encoded = list(map(self._cache.get, lines))
+        missing = [i for i, line in enumerate(encoded) if line is None]
+        for i in missing:
+            encoded[i] = _qp_block(lines[i])
+        return CRLF.join(encoded), [lines[i] for i in missing]  # type: ignore[arg-type]
 
 
 def qp_encode(text: str) -> bytes:

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from blast import mime
@@ -245,6 +246,10 @@ class Renderer:
         trees: list[nodes.Template] = []
         self.html_uses: set[str] = set()
         self.text_uses: set[str] = set()
+        self.html_trees: list[nodes.Template] = []
+        self.text_trees: list[nodes.Template] = []
+        self.html_sources: list[str] = []
+        self.text_sources: list[str] = []
 
         # Templates: the HTML part (links and pixel rewritten at load), the text part.
         self._html: jinja2.Template | None = None
@@ -265,6 +270,7 @@ class Renderer:
             self.pixel = loader.pixel_placed
             html_seed = loader.static_lines
             self.html_uses = _undeclared(html_trees)
+            self.html_trees, self.html_sources = html_trees, list(loader.sources.values())
             trees += html_trees
         text_env = _environment(None, autoescape=False)
         if campaign.template.text is not None:
@@ -275,6 +281,7 @@ class Renderer:
             self._text = text_env.get_template(path.name)
             text_seed = loader.static_lines
             self.text_uses = _undeclared(text_trees)
+            self.text_trees, self.text_sources = text_trees, list(loader.sources.values())
             trees += text_trees
 
         def compile_line(where: str, source: str) -> jinja2.Template:
@@ -307,6 +314,7 @@ class Renderer:
         # Template lines a DLP rule matches are left out of the cache, so they are checked
         # (and blocked) in every message that contains them.
         clean = self._dlp.first_match
+        self._seeds = {"html": html_seed, "text": text_seed}
         self._html_qp = mime.QPEncoder(line for line in html_seed if clean(line) is None)
         self._text_qp = mime.QPEncoder(line for line in text_seed if clean(line) is None)
 
@@ -321,6 +329,8 @@ class Renderer:
             parse_address(campaign.reply_to)[1] if campaign.reply_to else from_address
         )
         self._mailto = f"mailto:{mailto}?subject=unsubscribe%20"
+        own = f"{re.escape(base)}/[cuov]/" if base else re.escape(self._mailto)
+        self._own_urls = re.compile(own + r"[A-Za-z0-9_-]+(?:\.gif)?")
         self._base = base
         statics: dict[str, Any] = dict(text_env.globals)
         statics["campaign"] = {
@@ -377,6 +387,11 @@ class Renderer:
         self._static_headers = b"".join(static)
         self._dynamic_headers = [h for h in self._headers if h.template is not None]
 
+    def dlp_matches_in_templates(self, part: str) -> list[str]:
+        """Names of DLP rules that a template line of ``part`` (html or text) matches."""
+        found = {self._dlp.first_match(line) for line in self._seeds[part]}
+        return sorted(name for name in found if name is not None)
+
     # --- per message ---------------------------------------------------------------------------
 
     def _context(self, row_id: int, context: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
@@ -426,20 +441,20 @@ class Renderer:
             raise BlockedMessage(render_error(stage, exc)) from None
         dlp = self._dlp
         if dlp:
-            dlp.check("subject", subject)
-            dlp.check("to_name", to_name)
-            for name, value in headers:
-                dlp.check(name, value)
+            if headers:
+                for name, value in headers:
+                    dlp.check(name, value)
+            dlp.check("subject", f"{subject}\n{to_name}" if to_name else subject)
         return RenderedParts(subject, to_name, text, body, tuple(headers), ctx["unsubscribe_url"])
 
     def _body(self, part: str, encoder: mime.QPEncoder, text: str) -> bytes:
         """Quoted-printable bytes of one body; DLP checks the lines that are not template text
         (the static lines were checked once, when the encoder was seeded)."""
         data, fresh = encoder.encode(text)
-        dlp = self._dlp
-        if dlp:
-            for chunk in fresh:
-                dlp.check(part, chunk)
+        if self._dlp and fresh:
+            # blast's own tracking URLs carry no content: leave them out of the scan (they are
+            # most of the per-message text, and a token could look like a number by chance).
+            self._dlp.check(part, self._own_urls.sub(" ", "\n".join(fresh)))
         return data
 
     def build(self, parts: RenderedParts, *, row_id: int, recipient: str, token: str) -> Message:
@@ -495,5 +510,7 @@ class Renderer:
 
 
 def _run(template: jinja2.Template, ctx: dict[str, Any]) -> str:
-    # The context dict already holds the globals, so it is shared rather than copied.
-    return "".join(template.root_render_func(template.new_context(ctx, shared=True)))
+    # The context dict already holds the globals, so it is the Context's parent as is (no copy,
+    # and no globals key set: that only serves {% import %}, which the sandbox run never needs).
+    context = Context(template.environment, ctx, template.name, template.blocks)
+    return "".join(template.root_render_func(context))

@@ -121,7 +121,8 @@ def signer(key: bytes, kind: TokenKind, run_id: str, link: int = 0) -> Callable[
     block = block.ljust(64, b"\0")
     inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
     outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-    b64 = base64.urlsafe_b64encode
+    b64 = binascii.b2a_base64
+    urlsafe = bytes.maketrans(b"+/", b"-_")
 
     def make(row_id: int) -> str:
         payload = head + row_id.to_bytes(8, "big") + run
@@ -129,7 +130,8 @@ def signer(key: bytes, kind: TokenKind, run_id: str, link: int = 0) -> Callable[
         h.update(payload)
         o = outer.copy()
         o.update(h.digest())
-        return b64(payload + o.digest()[:_MAC_BYTES]).rstrip(b"=").decode()
+        raw = b64(payload + o.digest()[:_MAC_BYTES], newline=False)
+        return raw.translate(urlsafe).rstrip(b"=").decode()
 
     return make
 

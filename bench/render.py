@@ -1,0 +1,72 @@
+"""Render + MIME throughput: one process, click and open tracking on, per-recipient tokens.
+
+    .venv/bin/python bench/render.py [--rows 100000] [--campaign campaigns/flu-shot.yml]
+
+Contacts come from ``blast.generate.contacts_frame`` (synthetic, deterministic); only the fields
+the templates use are loaded, as a run would. Loading is not timed; rendering is: template
+execution, tracking tokens, DLP, quoted-printable bodies, headers, the whole message bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from blast.config import load_campaign
+from blast.errors import BlockedMessage
+from blast.generate import AS_OF, contacts_frame
+from blast.render import Renderer
+
+ROOT = Path(__file__).parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--campaign", default=str(ROOT / "campaigns" / "flu-shot.yml"))
+    args = parser.parse_args()
+
+    campaign = load_campaign(args.campaign)
+    renderer = Renderer.from_campaign(
+        campaign, run_id="bench-run-2026-12-01", tracking_key=b"\x07" * 32, sensitive=False
+    )
+    assert campaign.tracking.clicks and campaign.tracking.opens, "bench needs tracking on"
+    age = (pl.lit(AS_OF).dt.year() - pl.col("birth_date").dt.year()).alias("age")
+    frame = contacts_frame(1, args.rows + 1).with_columns(age).collect()
+    columns = ["id", "email", *sorted(renderer.fields)]
+    rows = frame.select(columns).to_dicts()
+
+    render = renderer.render
+    blocked = 0
+    size = 0
+    start = time.perf_counter()
+    cpu = time.process_time()
+    for row in rows:
+        try:
+            message = render(row_id=row["id"], recipient=row["email"], context=row)
+        except BlockedMessage:
+            blocked += 1
+            continue
+        size += len(message.data)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    done = len(rows) - blocked
+    print(
+        f"{len(rows):,} contacts, {done:,} messages ({blocked} blocked), "
+        f"{len(renderer.links)} tracked links + pixel, mean {size // max(done, 1):,} bytes: "
+        f"{elapsed:.2f} s wall, {len(rows) / elapsed:,.0f} msg/s; {cpu:.2f} s CPU, "
+        f"{len(rows) / cpu:,.0f} msg/CPU-s\n"
+        f"Python {sys.version.split()[0]}, {platform.machine()}, {platform.processor() or '?'}, "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, {dt.date.today()}"
+    )
+
+
+if __name__ == "__main__":
+    main()

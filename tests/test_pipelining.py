@@ -169,3 +169,14 @@ async def test_pipelining_saves_round_trips_over_a_20ms_link():
     print(f"one connection, 20 ms RTT: pipelined {pipelined:.1f} msg/s, lock-step {lockstep:.1f}")
     assert lockstep < 14
     assert pipelined > 3 * lockstep
+
+
+def test_an_unexpected_positive_reply_before_the_data_is_never_a_delivery():
+    from aiosmtplib.response import SMTPResponse
+
+    from blast.transports.smtp import refusal_outcome
+
+    assert refusal_outcome(SMTPResponse(250, "OK"), None).status is Status.DEFERRED
+    assert refusal_outcome(SMTPResponse(451, "later"), None).status is Status.DEFERRED
+    assert refusal_outcome(SMTPResponse(550, "no"), None).status is Status.BOUNCED
+    assert refusal_outcome(SMTPResponse(530, "auth first"), None).status is Status.DEFERRED

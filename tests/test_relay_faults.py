@@ -180,3 +180,28 @@ async def test_the_pool_never_exceeds_its_concurrency():
         outcomes = await _send(server, 300, concurrency=6)
     assert {o.status for o in outcomes} == {Status.SENT}
     assert server.connections <= 6
+
+
+async def test_a_421_to_every_mail_is_retried_once_then_deferred_with_its_code():
+    async with SMTPTestServer(faults=Faults(reply_421_after=0)) as server:
+        (outcome,) = await _send(server, 1)
+    assert outcome.status is Status.DEFERRED and outcome.code == 421
+    assert server.connections == 2 and server.received == []
+
+
+@BOTH
+async def test_an_address_that_could_inject_commands_is_blocked_before_any_byte(pipelining):
+    evil = Message(
+        row_id=99,
+        sender="news@clinic.test",
+        recipient="x@example.test>\r\nRCPT TO:<victim@example.test",
+        data=b"Subject: hi\r\n\r\nbody\r\n",
+        message_id="evil@clinic.test",
+    )
+    async with SMTPTestServer(pipelining=pipelining) as server:
+        spec = TransportSpec(host=server.host, port=server.port, ca_file=server.ca_file, timeout=5)
+        relay = RelayTransport(spec, TLSMode.EXCLUSIVE)
+        outcomes = await relay.send_many([_message(1), evil, _message(2)])
+        await relay.aclose()
+    assert [o.status for o in outcomes] == [Status.SENT, Status.BLOCKED, Status.SENT]
+    assert _received(server) == ["p1@example.test", "p2@example.test"]

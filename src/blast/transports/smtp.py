@@ -59,6 +59,7 @@ __all__ = [
     "finish",
     "outcome_for_reply",
     "queue_id_from",
+    "refusal_outcome",
     "wire_data",
 ]
 
@@ -126,6 +127,21 @@ def outcome_for_reply(reply: SMTPResponse, tls: TLSEvidence | None) -> Outcome:
     if code >= 500 and code not in _SESSION_CODES:
         return Outcome(status=Status.BOUNCED, code=code, reply=text, tls=tls)
     return Outcome(status=Status.DEFERRED, code=code, reply=text, tls=tls)
+
+
+def refusal_outcome(reply: SMTPResponse, tls: TLSEvidence | None) -> Outcome:
+    """The outcome for a reply that ended a transaction before the content went out.
+
+    A 2xx/3xx here (say ``250`` to DATA) is a protocol error, never a delivery: deferred.
+    """
+    if reply.code < 400:
+        return Outcome(
+            status=Status.DEFERRED,
+            code=reply.code,
+            reply=f"unexpected reply before the message data: {reply.message[:_REPLY_LIMIT]}",
+            tls=tls,
+        )
+    return outcome_for_reply(reply, tls)
 
 
 def _unsafe(address: str) -> bool:
@@ -481,10 +497,10 @@ class Session:
             + b">\r\nDATA\r\n"
         )
 
-    def _lost(self, job: Job, reason: str) -> None:
+    def _lost(self, job: Job, reason: str, code: int | None = None) -> None:
         """The connection broke before ``job``'s content went out: the caller may retry it."""
         self.close()
-        job.fail = Outcome(status=Status.DEFERRED, reply=reason, tls=self.evidence)
+        job.fail = Outcome(status=Status.DEFERRED, code=code, reply=reason, tls=self.evidence)
 
     async def deliver(
         self, job: Job, more: Callable[[], Job | None], on_hold: list[Job]
@@ -528,19 +544,19 @@ class Session:
             self._lost(current, "connection lost")
             return current
         while True:
-            rset = self.needs_rset
+            expected = 4 if self.needs_rset else 3  # [RSET] MAIL RCPT DATA
+            replies: list[SMTPResponse] = []
             try:
-                if rset:
-                    await read(timeout)
-                mail = await read(timeout)
-                rcpt = await read(timeout)
-                data = await read(timeout)
+                while len(replies) < expected:
+                    reply = await read(timeout)
+                    if reply.code == 421:  # closing: the server may hang up before the rest
+                        self._lost(current, "421 service closing", 421)
+                        return current
+                    replies.append(reply)
             except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException) as exc:
                 self._lost(current, f"{type(exc).__name__} before DATA")
                 return current
-            if mail.code == 421 or rcpt.code == 421 or data.code == 421:
-                self._lost(current, "421 service closing")
-                return current
+            mail, rcpt, data = replies[-3:]
             nxt: Job | None = None
             if mail.code == 250 and rcpt.code in (250, 251) and data.code == 354:
                 self.needs_rset = False
@@ -575,7 +591,7 @@ class Session:
                 if final.code == 421:
                     self.close()
                     if nxt is not None:
-                        self._lost(nxt, "421 service closing")
+                        self._lost(nxt, "421 service closing", 421)
                     return nxt
             else:
                 if data.code == 354:
@@ -590,7 +606,7 @@ class Session:
                 else:
                     self.needs_rset = mail.code == 250
                 failed = mail if mail.code != 250 else rcpt if rcpt.code not in (250, 251) else data
-                finish(current, outcome_for_reply(failed, self.evidence))
+                finish(current, refusal_outcome(failed, self.evidence))
                 on_hold.remove(current)
                 if not self.usable:
                     return None
@@ -631,7 +647,7 @@ class Session:
                     proto.write(command + b"\r\n")
                     reply = await proto.read_response(timeout)
                     if reply.code == 421:
-                        self._lost(current, "421 service closing")
+                        self._lost(current, "421 service closing", 421)
                         return current
                     replies.append(reply)
                     if command != b"RSET" and reply.code not in (250, 251, 354):
@@ -643,7 +659,7 @@ class Session:
             if last.code != 354:
                 # MAIL was accepted unless it is the one that failed: then RSET before the next.
                 self.needs_rset = len(replies) - (1 if self.needs_rset else 0) > 1
-                finish(current, outcome_for_reply(last, self.evidence))
+                finish(current, refusal_outcome(last, self.evidence))
             else:
                 self.needs_rset = False
                 try:

@@ -147,9 +147,7 @@ def _prepare_segment(segment_path: str, contacts_path: str, as_of: str | None) -
     except ValueError:
         raise ConfigError("--as-of: not a date (expected YYYY-MM-DD)") from None
     segment = load_segment(segment_path)
-    contacts = load_contacts(contacts_path)
-    prepared = prepare(segment, contacts.frame, as_of=as_of_date, id_column=contacts.id_column)
-    return prepared, contacts
+    return prepare(segment, load_contacts(contacts_path), as_of=as_of_date)
 
 
 @segment_app.command("count")
@@ -170,8 +168,7 @@ def segment_count_command(
 
     from blast.segments import count
 
-    prepared, _ = _prepare_segment(segment, contacts, as_of)
-    result = count(prepared)
+    result = count(_prepare_segment(segment, contacts, as_of))
     if json_output:
         typer.echo(json.dumps(result.as_dict()))
     else:
@@ -200,10 +197,7 @@ def segment_sample_command(
 
     from blast.segments import sample
 
-    prepared, loaded = _prepare_segment(segment, contacts, as_of)
-    shown = sample(
-        prepared, rows, id_column=loaded.id_column, email_column=loaded.email_column, seed=seed
-    )
+    shown = sample(_prepare_segment(segment, contacts, as_of), rows, seed=seed)
     if json_output:
         typer.echo(json.dumps(shown.to_dicts(), default=str))
         return
@@ -229,8 +223,7 @@ def segment_explain_command(
 
     from blast.segments import explain, format_funnel
 
-    prepared, _ = _prepare_segment(segment, contacts, as_of)
-    funnel = explain(prepared)
+    funnel = explain(_prepare_segment(segment, contacts, as_of))
     typer.echo(json.dumps(funnel.as_dict()) if json_output else format_funnel(funnel))
 
 

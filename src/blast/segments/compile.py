@@ -87,7 +87,7 @@ def family(dtype: pl.DataType) -> str:
 
 def _element_family(dtype: pl.DataType) -> str:
     inner = dtype.inner if isinstance(dtype, pl.List | pl.Array) else dtype
-    return family(inner) if inner is not None else "other"
+    return family(inner) if isinstance(inner, pl.DataType) else "other"
 
 
 def _coerce(value: Scalar, kind: str, where: str) -> Scalar:
@@ -141,7 +141,7 @@ def _contains_each(column: pl.Expr, values: tuple[Scalar, ...]) -> list[pl.Expr]
 
 
 def _compare(fn: Callable[[Any, Any], Any], col: pl.Expr, value: Any, *_: Any) -> pl.Expr:
-    return fn(col, pl.lit(value))  # type: ignore[no-any-return]
+    return fn(col, pl.lit(value))
 
 
 # Each builder takes (column, value, as_of, column dtype), the value already coerced to the

@@ -17,6 +17,7 @@ import datetime as dt
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -26,6 +27,9 @@ from blast.segments.compile import CompileContext, compile_rule
 from blast.segments.derive import AS_OF_COLUMN
 from blast.segments.rules import RuleError, did_you_mean
 from blast.segments.segment import Segment
+
+if TYPE_CHECKING:
+    from blast.contacts import Contacts
 
 __all__ = ["Prepared", "SegmentCount", "audience", "count", "prepare", "sample"]
 
@@ -54,8 +58,11 @@ class Prepared:
     context: CompileContext
     helper_columns: tuple[str, ...]
     as_of: dt.date
-    contacts: pl.LazyFrame
+    contacts: pl.LazyFrame  # as loaded, before any join or filter
     excluded: tuple[pl.Expr, ...]  # membership of each excluded segment, in order
+    loaded: Contacts | None = None
+    id_column: str = "id"
+    email_column: str = "email"
 
     def compile(self, node: object) -> pl.Expr:
         """Compile one node of this segment's tree in its context (used by ``explain``)."""
@@ -133,7 +140,7 @@ def _plan(
 
 def prepare(
     segment: Segment,
-    contacts: pl.LazyFrame,
+    contacts: Contacts | pl.LazyFrame,
     *,
     as_of: dt.date | None = None,
     engagement: pl.LazyFrame | None = None,
@@ -141,17 +148,24 @@ def prepare(
 ) -> Prepared:
     """Check ``segment`` against the contacts' columns and build its lazy plan.
 
+    ``contacts`` is what ``blast.contacts.load_contacts`` returns (its id and email columns
+    are used, and ``count`` checks its ids), or a bare LazyFrame with ``id_column``.
+
     ``engagement`` is the per-contact stats frame (``blast.engagement``); None means no
     engagement recorded yet. ``as_of`` defaults to today. Raises ``ConfigError`` naming the
     segment file and YAML path when a rule does not fit the data.
     """
     as_of = as_of or dt.date.today()
+    if isinstance(contacts, pl.LazyFrame):
+        loaded, source = None, contacts
+    else:
+        loaded, source, id_column = contacts, contacts.frame, contacts.id_column
     try:
-        columns = contacts.collect_schema().names()
+        columns = source.collect_schema().names()
     except pl.exceptions.PolarsError:
         raise ConfigError(f"{segment.source}: cannot read the contacts' columns") from None
     wanted = segment.input_columns()
-    frame = contacts
+    frame = source
     behavioural = [name for name in BEHAVIOURAL_FIELDS if name in wanted and name not in columns]
     if behavioural:
         frame = with_engagement(frame, engagement, id_column=id_column, fields=behavioural)
@@ -167,13 +181,26 @@ def prepare(
     names = (_EXCLUDED.format(i) for i in itertools.count())
     frame, member, context, inner, excluded = _plan(segment, frame, as_of, names, keep_derived=True)
     return Prepared(
-        segment, frame, member, context, (*helpers, *inner), as_of, contacts, tuple(excluded)
+        segment,
+        frame,
+        member,
+        context,
+        (*helpers, *inner),
+        as_of,
+        source,
+        tuple(excluded),
+        loaded,
+        id_column,
+        loaded.email_column if loaded else "email",
     )
 
 
-def _collect(prepared: Prepared, query: pl.LazyFrame) -> pl.DataFrame:
+def _collect_all(prepared: Prepared, queries: list[pl.LazyFrame]) -> list[pl.DataFrame]:
+    if prepared.loaded is not None:
+        with prepared.loaded.reading():  # one line naming source and column, never a value
+            return pl.collect_all(queries)
     try:
-        return query.collect()
+        return pl.collect_all(queries)
     except pl.exceptions.PolarsError as exc:
         # Polars' messages can quote data values; keep only the kind of failure.
         raise ConfigError(
@@ -181,38 +208,38 @@ def _collect(prepared: Prepared, query: pl.LazyFrame) -> pl.DataFrame:
         ) from None
 
 
+def _collect(prepared: Prepared, query: pl.LazyFrame) -> pl.DataFrame:
+    return _collect_all(prepared, [query])[0]
+
+
 def audience(prepared: Prepared) -> pl.LazyFrame:
     """The matching contacts, lazily: their columns plus derived and behavioural fields."""
     return prepared.frame.filter(prepared.member).drop(list(prepared.helper_columns))
 
 
-def count(prepared: Prepared) -> SegmentCount:
-    """How many contacts match (and are in no excluded segment), out of all loaded; one scan."""
-    # A filter (not a sum over every row) lets Polars push the predicate into the Parquet
-    # reader; the total of a Parquet file then comes from its metadata.
+def count(prepared: Prepared, *, check_ids: bool = True) -> SegmentCount:
+    """How many contacts match (and are in no excluded segment), out of all loaded.
+
+    The matching rows are counted with a filter, which Polars pushes into the Parquet reader;
+    the total (and, for loaded ``Contacts`` with ``check_ids``, the duplicate/missing id
+    check: a ``DataError``) come from a second query over the id column alone, run alongside.
+    """
     matching = prepared.frame.filter(prepared.member).select(pl.len())
-    total = prepared.contacts.select(pl.len())
-    try:
-        found, loaded = pl.collect_all([matching, total])
-    except pl.exceptions.PolarsError as exc:
-        raise ConfigError(
-            f"{prepared.segment.source}: cannot evaluate on these contacts ({type(exc).__name__})"
-        ) from None
-    return SegmentCount(prepared.segment.name, int(found.item()), int(loaded.item()))
+    loaded = prepared.loaded if check_ids else None
+    checks = loaded.id_check_exprs() if loaded is not None else []
+    totals = prepared.contacts.select(pl.len().alias("total"), *checks)
+    found, summary = _collect_all(prepared, [matching, totals])
+    row = summary.row(0, named=True)
+    if loaded is not None:
+        loaded.raise_for_ids(row)
+    return SegmentCount(prepared.segment.name, int(found.item()), int(row["total"]))
 
 
-def sample(
-    prepared: Prepared,
-    n: int = 10,
-    *,
-    id_column: str = "id",
-    email_column: str = "email",
-    seed: int | None = None,
-) -> pl.DataFrame:
-    """Up to ``n`` random matching contacts: id, email and the fields the rules use."""
+def sample(prepared: Prepared, n: int = 10, *, seed: int | None = None) -> pl.DataFrame:
+    """Up to ``n`` random matching contacts, by id: id, email and the fields the rules use."""
     fields = [name for name in prepared.segment.fields if name != AS_OF_COLUMN]
-    shown = list(dict.fromkeys([id_column, email_column, *fields]))
+    shown = list(dict.fromkeys([prepared.id_column, prepared.email_column, *fields]))
     matching = _collect(prepared, audience(prepared).select(shown))
-    if matching.height <= n:
-        return matching.sort(id_column)
-    return matching.sample(n, seed=seed).sort(id_column)
+    if matching.height > n:
+        matching = matching.sample(n, seed=seed)
+    return matching.sort(prepared.id_column)

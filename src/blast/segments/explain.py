@@ -50,7 +50,7 @@ def _show(value: Any) -> str:
 def describe(node: Node) -> str:
     """One line of plain English for a node (values come from the YAML, never from contacts)."""
     if isinstance(node, Leaf):
-        lo, hi = node.value if node.op == "between" else (None, None)  # type: ignore[misc]
+        lo, hi = node.value if node.op == "between" and isinstance(node.value, tuple) else ("", "")
         return _LABELS[node.op].format(f=node.field, v=_show(node.value), lo=lo, hi=hi)
     if isinstance(node, SqlLeaf):
         return f"sql: {node.sql}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -256,7 +257,7 @@ def test_a_missing_id_is_reported_with_its_row(tmp_path):
 def test_the_id_check_folds_into_another_query(make_contacts):
     contacts = load_contacts(make_contacts(500, ".parquet"))
     shuffled = contacts.frame.sort(pl.col("email"))  # ids no longer increasing
-    folded = Contacts(**{**contacts.__dict__, "frame": shuffled})
+    folded = dataclasses.replace(contacts, frame=shuffled)
     row = folded.collect(
         folded.frame.select(
             pl.len().alias("total"),
@@ -266,7 +267,7 @@ def test_the_id_check_folds_into_another_query(make_contacts):
     ).row(0, named=True)
     assert row["total"] == 500
     folded.raise_for_ids(row)  # unique: passes after the fallback sort
-    doubled = Contacts(**{**contacts.__dict__, "frame": pl.concat([shuffled, shuffled])})
+    doubled = dataclasses.replace(contacts, frame=pl.concat([shuffled, shuffled]))
     row = doubled.collect(doubled.frame.select(doubled.id_check_exprs())).row(0, named=True)
     with pytest.raises(DataError, match="500 ids appear more than once"):
         doubled.raise_for_ids(row)

@@ -201,7 +201,13 @@ def segment_sample_command(
     if json_output:
         typer.echo(json.dumps(shown.to_dicts(), default=str))
         return
-    with pl.Config(tbl_rows=rows, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_dataframe_shape=True):
+    with pl.Config(
+        tbl_rows=rows,
+        tbl_cols=-1,
+        tbl_width_chars=1000,
+        fmt_str_lengths=60,
+        tbl_hide_dataframe_shape=True,
+    ):
         typer.echo(shown)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "CRLF",
     "QPEncoder",
     "check_header",
+    "display_name",
     "encoded_words",
     "http_date",
     "mailbox",
@@ -42,6 +43,7 @@ __all__ = [
 CRLF = b"\r\n"
 _WORD_BYTES = 45  # 45 bytes -> 60 base64 chars -> a 72-char encoded word (RFC 2047: <= 75)
 _FOLD_AT = 78
+_NAME_ASCII = 200
 _PLAIN = re.compile(r"^[\x21-\x7e]+(?: [\x21-\x7e]+)*$")  # printable ASCII, single spaces
 _ATEXT_PHRASE = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$"
@@ -111,26 +113,40 @@ def unstructured(name: str, value: str) -> bytes:
 
 
 def display_name(name: str) -> str:
-    """The display name as sent: runs of whitespace collapsed, ends trimmed."""
-    return " ".join(name.split())
+    """The display name as sent: whitespace runs collapsed, ends trimmed, and shortened to what
+    one header line carries cleanly: 200 characters of printable ASCII, else what fits one
+    RFC 2047 encoded word (45 UTF-8 bytes). Several adjacent encoded words would be read back
+    differently by different mail readers (RFC 2047 drops the space between them, Python's
+    parser keeps it), so a display name is never split across encoded words.
+    """
+    name = " ".join(name.split())
+    if _QUOTABLE.match(name) and "=?" not in name:
+        return name[:_NAME_ASCII].rstrip()
+    data = name.encode("utf-8")
+    if len(data) <= _WORD_BYTES:
+        return name
+    end = _WORD_BYTES
+    while (data[end] & 0xC0) == 0x80:  # never cut a character
+        end -= 1
+    return data[:end].decode("utf-8").rstrip()
 
 
 def mailbox(name: str, address: str) -> bytes:
     """``"Name" <address>`` as header bytes (no header name, no CRLF); bare address if no name.
 
     ``name`` is normalised by ``display_name``; it is quoted when printable ASCII, otherwise
-    written as encoded words. Callers check CR/LF and the address first.
+    one encoded word. Callers check CR/LF and the address first.
     """
     name = display_name(name)
-    addr = b"<" + address.encode("ascii") + b">"
     if not name:
         return address.encode("ascii")
-    if _ATEXT_PHRASE.match(name) and len(name) <= 60 and "=?" not in name:
-        return name.encode("ascii") + b" " + addr
-    if _QUOTABLE.match(name) and len(name) <= 60:
+    addr = b" <" + address.encode("ascii") + b">"
+    if _ATEXT_PHRASE.match(name) and "=?" not in name:
+        return name.encode("ascii") + addr
+    if _QUOTABLE.match(name) and "=?" not in name:
         quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-        return b'"' + quoted.encode("ascii") + b'" ' + addr
-    return _fold_words(b"", [*encoded_words(name), addr])
+        return b'"' + quoted.encode("ascii") + b'"' + addr
+    return encoded_words(name)[0] + addr
 
 
 def valid_address(address: str) -> bool:

@@ -193,7 +193,7 @@ def render_error(stage: str, exc: BaseException) -> str:
         template = tb.tb_frame.f_globals.get("__jinja_template__")
         if template is not None:
             line = template.get_corresponding_lineno(tb.tb_lineno)
-            name = template.filename or template.name or stage
+            name = (template.name and (template.filename or template.name)) or stage
         tb = tb.tb_next
     where = f"{name} line {line}" if line else name
     if isinstance(exc, jinja2.UndefinedError):

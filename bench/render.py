@@ -1,6 +1,6 @@
 """Render + MIME throughput: one process, click and open tracking on, per-recipient tokens.
 
-    .venv/bin/python bench/render.py [--rows 100000] [--campaign campaigns/flu-shot.yml]
+    .venv/bin/python bench/render.py [--rows 100000] [--campaign campaigns/flu-shot.yml] [--no-dlp]
 
 Contacts come from ``blast.generate.contacts_frame`` (synthetic, deterministic); only the fields
 the templates use are loaded, as a run would. Loading is not timed; rendering is: template
@@ -31,9 +31,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--campaign", default=str(ROOT / "campaigns" / "flu-shot.yml"))
+    parser.add_argument("--no-dlp", action="store_true", help="Drop the campaign's DLP rules.")
     args = parser.parse_args()
 
     campaign = load_campaign(args.campaign)
+    if args.no_dlp:
+        campaign = campaign.model_copy(update={"dlp": []})
     renderer = Renderer.from_campaign(
         campaign, run_id="bench-run-2026-12-01", tracking_key=b"\x07" * 32, sensitive=False
     )
@@ -60,7 +63,8 @@ def main() -> None:
     done = len(rows) - blocked
     print(
         f"{len(rows):,} contacts, {done:,} messages ({blocked} blocked), "
-        f"{len(renderer.links)} tracked links + pixel, mean {size // max(done, 1):,} bytes: "
+        f"{len(renderer.links)} tracked links + pixel, {len(campaign.dlp)} DLP rules, "
+        f"mean {size // max(done, 1):,} bytes: "
         f"{elapsed:.2f} s wall, {len(rows) / elapsed:,.0f} msg/s; {cpu:.2f} s CPU, "
         f"{len(rows) / cpu:,.0f} msg/CPU-s\n"
         f"Python {sys.version.split()[0]}, {platform.machine()}, {platform.processor() or '?'}, "

@@ -75,10 +75,13 @@ def phi_fields_used(
     return sorted(found)
 
 
-def _shows_postal_address(trees: Iterable[nodes.Template], sources: Iterable[str], address: str):  # type: ignore[no-untyped-def]
+def _shows_postal_address(
+    trees: Iterable[nodes.Template], sources: Iterable[str], address: str
+) -> bool:
     """The templates print ``campaign.postal_address`` or contain the address as text."""
     for tree in trees:
         for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            assert isinstance(node, nodes.Getattr | nodes.Getitem)
             target = node.node
             key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
             if isinstance(target, nodes.Name) and (target.name, key) == (
@@ -156,9 +159,9 @@ def check_campaign(
         for header, uses in renderer.header_uses.items():
             phi = phi_fields_used(uses - PROVIDED, campaign.phi, derived)
             if phi:
-                path = header if header in ("subject", "to_name") else f"headers.{header}"
+                at = header if header in ("subject", "to_name") else f"headers.{header}"
                 error(
-                    path,
+                    at,
                     f"uses PHI field {', '.join(repr(p) for p in phi)} in a sensitive campaign "
                     "(header values are visible in inbox lists and notifications)",
                 )
@@ -206,7 +209,7 @@ def _load_samples(
 
     where = str(campaign.source or "campaign")
     segment = load_segment(campaign.segment)
-    derived = {item.name: item.inputs for item in segment.derive}
+    derived: dict[str, Any] = {item.name: item.inputs for item in segment.derive}
     try:
         contacts = load_contacts(campaign.contacts)
         prepared = prepare(segment, contacts.frame, as_of=as_of, id_column=contacts.id_column)
@@ -227,7 +230,9 @@ def _load_samples(
     keep = list(dict.fromkeys([contacts.id_column, contacts.email_column, *renderer.fields]))
     with contacts.reading():
         rows = frame.select(keep).head(n).collect().to_dicts()
-    samples = [(row[contacts.id_column], row[contacts.email_column], row) for row in rows]
+    samples: list[tuple[int, str, Mapping[str, Any]]] = [
+        (row[contacts.id_column], row[contacts.email_column], row) for row in rows
+    ]
     if not samples:
         findings.append(Finding(where, "the segment matches no contacts", error=False))
     return samples, findings, segment.sensitive, derived

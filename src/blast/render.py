@@ -112,7 +112,9 @@ class _TrackingLoader(jinja2.FileSystemLoader):
         self.sources: dict[str, str] = {}
         self.pixel_placed = False
 
-    def get_source(self, environment: jinja2.Environment, template: str):  # type: ignore[no-untyped-def]
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
         source, filename, uptodate = super().get_source(environment, template)
         if self.clicks:
             source = _HREF.sub(self._track, source)

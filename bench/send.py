@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import datetime as dt
 import json
@@ -389,18 +388,10 @@ def mailmerge(scenario: str, sink: Sink, port: int, messages: int, work: Path) -
     (work / "server.conf").write_text(
         f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\nratelimit = 0\n"
     )
-    (work / "template.txt").write_text(
-        "TO: {{email}}\nSUBJECT: Time for your yearly check-up, {{first_name}}\n"
-        "FROM: Riverside Health <care@riverside.example>\n\n"
-        "Dear {{first_name}},\n\nOur records show that your last visit was some time ago.\n"
-        "Book a check-up: https://portal.riverside.example/book\n\n"
-        "Riverside Health, 1 Main St, Springfield, MA 01101\n"
-    )
-    with open(work / "database.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["email", "first_name"])
-        for i in range(messages):
-            writer.writerow([f"patient{i}@example.com", f"Name{i}"])
+    # The same message blast sends (text + HTML, personalised), from the same contacts; the
+    # fields blast's template computes (date format, unsubscribe link) are precomputed here.
+    shutil.copy(HERE / "campaign" / "mailmerge_template.txt", work / "template.txt")
+    write_mailmerge_csv(contacts_file(max(messages, 5000)), messages, work / "database.csv")
     cmd = [
         str(exe),
         "--no-dry-run",
@@ -425,6 +416,29 @@ def mailmerge(scenario: str, sink: Sink, port: int, messages: int, work: Path) -
     return result
 
 
+def write_mailmerge_csv(contacts: Path, rows: int, path: Path) -> None:
+    import polars as pl
+
+    frame = (
+        pl.scan_parquet(contacts)
+        .head(rows)
+        .select(
+            "email",
+            "first_name",
+            "last_name",
+            pl.when(pl.col("last_visit").is_null())
+            .then(pl.lit("some time ago"))
+            .otherwise(pl.lit("on ") + pl.col("last_visit").dt.strftime("%B %Y"))
+            .alias("last_visit"),
+            (pl.lit("https://t.riverside.example/u/") + pl.col("id").cast(pl.String)).alias(
+                "unsubscribe_url"
+            ),
+        )
+        .collect()
+    )
+    frame.write_csv(path)
+
+
 def mailmerge_version() -> str:
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
         out = subprocess.run(
@@ -441,8 +455,8 @@ def mailmerge_version() -> str:
 # blast: generated data and campaign files
 # --------------------------------------------------------------------------------------------
 def contacts_file(rows: int) -> Path:
-    """bench/data/contacts-<rows>.parquet from ``blast generate contacts`` (cached)."""
-    path = DATA / f"contacts-{rows}.parquet"
+    """bench/data/send-contacts-<rows>.parquet from ``blast generate contacts`` (cached)."""
+    path = DATA / f"send-contacts-{rows}.parquet"
     if not path.exists():
         DATA.mkdir(parents=True, exist_ok=True)
         log(f"generating {rows:,} contacts -> {path}")
@@ -926,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mailmerge-messages", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
-    parser.add_argument("--size", type=int, default=2500, help="body bytes for C/bare senders")
+    parser.add_argument("--size", type=int, default=3500, help="body bytes for C/bare senders")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=100, help="campaign sending.concurrency")
     parser.add_argument("--proxy-concurrency", type=int, default=400)

@@ -205,3 +205,10 @@ async def test_an_address_that_could_inject_commands_is_blocked_before_any_byte(
         await relay.aclose()
     assert [o.status for o in outcomes] == [Status.SENT, Status.BLOCKED, Status.SENT]
     assert _received(server) == ["p1@example.test", "p2@example.test"]
+
+
+def test_the_test_server_also_runs_in_a_thread_for_sync_tests_and_subprocesses():
+    with SMTPTestServer(faults=Faults(rcpt={"p1@example.test": "550 5.1.1 no"})).in_thread() as s:
+        outcomes = asyncio.run(_send(s, 3))
+    assert [o.status for o in outcomes] == [Status.SENT, Status.BOUNCED, Status.SENT]
+    assert _received(s) == ["p0@example.test", "p2@example.test"]

@@ -368,6 +368,141 @@ def schema_command(
     typer.echo(json.dumps(schemas[kind](), indent=2))
 
 
+_DB_OPT = typer.Option(
+    None,
+    "--db",
+    metavar="URL",
+    help="The store: a SQLite file or a database URL ($BLAST_DB; blast.db).",
+)
+
+
+@app.command("run", context_settings=CONTEXT)
+@handles_errors
+def run_command(
+    campaign: str = typer.Argument(..., metavar="CAMPAIGN.yml", help="The campaign file."),
+    db: str | None = _DB_OPT,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Render everything, send nothing, change nothing in the store."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, metavar="N", help="Send (or render) at most N messages now."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, metavar="N", help="Sending processes (default: one per CPU)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the report JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    new_run: bool = typer.Option(
+        False, "--new-run", help="Start a new run even if the campaign has an unfinished one."
+    ),
+    as_of: str | None = typer.Option(
+        None, "--as-of", metavar="DATE", help="Date the segment's rules count from (today)."
+    ),
+) -> None:
+    """Send a campaign: freeze its audience in the store, send, print a summary.
+
+    Resumes the campaign's unfinished run if there is one: what was sent is never sent again,
+    due retries go out, and messages in flight when a run was killed follow on_unknown.
+    Exit 0 when done (bounces and drops are counted, not errors), 1 if the run could not
+    complete, 2 for a usage or configuration error.
+
+    Example:
+
+        blast run campaigns/flu-shot.yml --db blast.db --workers 2
+    """
+    import datetime as dt
+    import json
+
+    from rich.console import Console
+
+    from blast.report import summary_table
+    from blast.run import RunOptions, run_campaign
+    from blast.run import dry_run as preview_run
+
+    try:
+        day = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {as_of!r}") from None
+    options = RunOptions(
+        db=db, limit=limit, workers=workers, new_run=new_run, as_of=day, quiet=quiet
+    )
+    if dry_run:
+        result = preview_run(campaign, options)
+        if json_output:
+            typer.echo(json.dumps(result.as_dict(), indent=2))
+            return
+        _print_dry_run(result)
+        return
+    report = run_campaign(campaign, options)
+    if json_output:
+        typer.echo(json.dumps({k: v for k, v in report.items() if k != "notes"}, indent=2))
+    else:
+        Console().print(summary_table(report))
+    for note in report.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
+
+
+def _print_dry_run(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from blast.preview import show_message
+
+    console = Console()
+    table = Table(title=f"{result.campaign} · dry run (nothing sent)", title_justify="left")
+    table.add_column("status")
+    table.add_column("count", justify="right")
+    table.add_row("recipients", f"{result.recipients:,}", style="bold")
+    for name, value in sorted(result.status.items()):
+        table.add_row(name, f"{value:,}")
+    table.add_row("duplicates dropped", f"{result.duplicates:,}")
+    table.add_row("without an address", f"{result.invalid:,}")
+    console.print(table)
+    domains = Table(title="would send, per domain", title_justify="left")
+    domains.add_column("domain")
+    domains.add_column("messages", justify="right")
+    for domain, value in result.domains.most_common(20):
+        domains.add_row(domain, f"{value:,}")
+    if len(result.domains) > 20:
+        domains.add_row(f"... {len(result.domains) - 20} more", "")
+    console.print(domains)
+    if result.sample is not None:
+        shown, _ = show_message(result.sample)
+        typer.echo("\n----- sample message -----")
+        typer.echo(shown)
+
+
+@app.command("report", context_settings=CONTEXT)
+@handles_errors
+def report_command(
+    campaign: str = typer.Argument(
+        ..., metavar="CAMPAIGN", help="The campaign's name, or its YAML file."
+    ),
+    run: str | None = typer.Option(None, "--run", metavar="ID", help="Which run (the newest)."),
+    db: str | None = _DB_OPT,
+    json_output: bool = typer.Option(False, "--json", help="Print the report JSON on stdout."),
+) -> None:
+    """Print what a run did, from the store: statuses, TLS versions, engagement.
+
+    Example:
+
+        blast report flu-shot-2026 --json
+    """
+    import json
+
+    from rich.console import Console
+
+    from blast.ledger import Ledger
+    from blast.report import build_report, summary_table
+
+    with Ledger.open(db) as ledger:
+        report = build_report(ledger, campaign, run)
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        Console().print(summary_table(report))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -47,7 +47,11 @@ __all__ = [
     "RunInfo",
     "db_url",
     "deliveries",
+    "field_types",
+    "freeze_audience",
     "metadata",
+    "now",
+    "prepare_audience",
     "runs",
     "settings",
     "suppressions",
@@ -372,23 +376,31 @@ class Ledger:
         segment_hash: str,
         template_hash: str,
         settings: Mapping[str, Any],
+        audience: pl.DataFrame | None = None,
     ) -> RunInfo:
-        """Record a new run (no recipients yet: see :meth:`enqueue`)."""
+        """Record a new run and, in the same transaction, its frozen ``audience`` (the frame
+        :func:`freeze_audience` returns), so a run never exists without its recipients."""
         started = now()
-        with self._tx() as conn:
-            conn.execute(
-                sa.insert(runs).values(
-                    run_id=run_id,
-                    campaign=campaign,
-                    segment_hash=segment_hash,
-                    template_hash=template_hash,
-                    settings=json.dumps(dict(settings), sort_keys=True, default=str),
-                    recipients=0,
-                    started_at=started,
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.insert(runs).values(
+                        run_id=run_id,
+                        campaign=campaign,
+                        segment_hash=segment_hash,
+                        template_hash=template_hash,
+                        settings=json.dumps(dict(settings), sort_keys=True, default=str),
+                        recipients=0,
+                        started_at=started,
+                    )
                 )
-            )
+                if audience is not None:
+                    self._insert_rows(conn, run_id, audience)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot start the run: {_describe(exc)}") from exc
+        recipients = 0 if audience is None else audience.height
         return RunInfo(
-            run_id, campaign, segment_hash, template_hash, dict(settings), 0, started, None
+            run_id, campaign, segment_hash, template_hash, dict(settings), recipients, started, None
         )
 
     def get_run(self, run_id: str) -> RunInfo | None:
@@ -447,42 +459,31 @@ class Ledger:
         the first. Addresses on the suppression list get status ``suppressed``; rows without a
         usable address are dropped (counted as ``invalid``). Only ``fields`` are kept, as JSON.
         """
-        frame = prepare_audience(
-            audience, id_column=id_column, email_column=email_column, fields=fields
+        frame, counts = freeze_audience(
+            audience,
+            id_column=id_column,
+            email_column=email_column,
+            fields=fields,
+            suppressed=self.suppressed_addresses(),
         )
-        total_in = frame.height
-        frame = frame.filter(pl.col("address").is_not_null())
-        invalid = total_in - frame.height
-        frame = frame.unique(subset="_key", keep="first", maintain_order=True)
-        duplicates = total_in - invalid - frame.height
-        blocked = pl.DataFrame(
-            {"_key": sorted(self.suppressed_addresses()), "_suppressed": True},
-            schema={"_key": pl.String, "_suppressed": pl.Boolean},
-        )
-        frame = (
-            frame.join(blocked, on="_key", how="left", maintain_order="left")
-            .with_columns(
-                pl.when(pl.col("_suppressed"))
-                .then(pl.lit(Status.SUPPRESSED.value))
-                .otherwise(pl.lit(Status.QUEUED.value))
-                .alias("status")
-            )
-            .drop("_suppressed")
-        )
-        n_suppressed = int((frame["status"] == Status.SUPPRESSED.value).sum())
-        stamp = now()
         try:
             with self.engine.begin() as conn:
-                if self.is_postgres:
-                    _copy_rows(conn, run_id, frame, stamp)
-                else:
-                    _executemany_rows(conn, run_id, frame, stamp)
-                conn.execute(
-                    sa.update(runs).where(runs.c.run_id == run_id).values(recipients=frame.height)
-                )
+                self._insert_rows(conn, run_id, frame)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot enqueue the audience: {_describe(exc)}") from exc
-        return EnqueueCounts(frame.height, n_suppressed, duplicates, invalid)
+        return counts
+
+    def _insert_rows(self, conn: Connection, run_id: str, frame: pl.DataFrame) -> None:
+        stamp = now()
+        if self.is_postgres:
+            _copy_rows(conn, run_id, frame, stamp)
+        else:
+            _executemany_rows(conn, run_id, frame, stamp)
+        conn.execute(
+            sa.update(runs)
+            .where(runs.c.run_id == run_id)
+            .values(recipients=runs.c.recipients + frame.height)
+        )
 
     # -- the queue ---------------------------------------------------------------------------
 
@@ -562,6 +563,9 @@ class Ledger:
 
     def record(self, results: Sequence[Result], *, at: datetime | None = None) -> None:
         """Write a batch of outcomes in one transaction.
+
+        Only rows still ``sending`` are updated: a row another process already declared
+        ``unknown`` (it recovered the run, thinking this one dead) keeps that status.
 
         On SQLite this commit is not synced on its own (``synchronous=NORMAL``): if the machine
         loses power before the next synced commit, these rows fall back to ``sending`` and
@@ -718,7 +722,7 @@ _SQLITE_CLAIM_QUEUED = (
 _SQLITE_RECORD = (
     "UPDATE deliveries SET status = ?, last_code = ?, last_reply = ?, queue_id = ?, "
     "tls_version = ?, tls_cipher = ?, tls_bits = ?, tls_trust = ?, tls_host = ?, tls_ip = ?, "
-    "next_attempt_at = ?, blocked_reason = ?, updated_at = ? WHERE id = ?"
+    "next_attempt_at = ?, blocked_reason = ?, updated_at = ? WHERE id = ? AND status = 'sending'"
 )
 _PG_SET = (
     "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, "
@@ -741,7 +745,7 @@ _PG_RECORD = (
     "FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], "
     "%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]) "
     "AS v(id, status, code, reply, queue_id, tls_version, tls_cipher, tls_bits, tls_trust, "
-    "tls_host, tls_ip, next_at, blocked) WHERE d.id = v.id"
+    "tls_host, tls_ip, next_at, blocked) WHERE d.id = v.id AND d.status = 'sending'"
 )
 
 
@@ -798,6 +802,43 @@ def prepare_audience(
     else:
         exprs.append(pl.lit("{}").alias("fields"))
     return lazy.sort(id_column, maintain_order=True).select(exprs).collect()
+
+
+def freeze_audience(
+    audience: pl.DataFrame | pl.LazyFrame,
+    *,
+    id_column: str,
+    email_column: str,
+    fields: Sequence[str],
+    suppressed: Iterable[str] = (),
+) -> tuple[pl.DataFrame, EnqueueCounts]:
+    """The rows a run will hold (pure): see :func:`prepare_audience`, then rows without a usable
+    address dropped, duplicate addresses (case-insensitive) dropped keeping the lowest contact
+    id, and ``status`` set: ``suppressed`` for suppressed addresses, else ``queued``."""
+    frame = prepare_audience(
+        audience, id_column=id_column, email_column=email_column, fields=fields
+    )
+    total_in = frame.height
+    frame = frame.filter(pl.col("address").is_not_null())
+    invalid = total_in - frame.height
+    frame = frame.unique(subset="_key", keep="first", maintain_order=True)
+    duplicates = total_in - invalid - frame.height
+    blocked = pl.DataFrame(
+        {"_key": sorted({a.strip().lower() for a in suppressed}), "_suppressed": True},
+        schema={"_key": pl.String, "_suppressed": pl.Boolean},
+    )
+    frame = (
+        frame.join(blocked, on="_key", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(pl.col("_suppressed"))
+            .then(pl.lit(Status.SUPPRESSED.value))
+            .otherwise(pl.lit(Status.QUEUED.value))
+            .alias("status")
+        )
+        .drop("_suppressed")
+    )
+    n_suppressed = int((frame["status"] == Status.SUPPRESSED.value).sum())
+    return frame, EnqueueCounts(frame.height, n_suppressed, duplicates, invalid)
 
 
 def field_types(schema: Mapping[str, pl.DataType], fields: Iterable[str]) -> dict[str, str]:

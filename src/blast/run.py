@@ -1,0 +1,541 @@
+"""One ``blast run``: load the campaign, freeze its audience into the ledger (or resume its
+unfinished run), send through the sender pool in one or more worker processes, report.
+
+::
+
+    report = run_campaign("campaigns/flu-shot.yml", RunOptions(db="blast.db", workers=2))
+    report["status"]["sent"]
+
+A new run: the segment is evaluated as of ``--as-of``, suppressed addresses are marked, and one
+row per address is written with just the template fields (``renderer.fields``) frozen as JSON,
+in the same transaction as the run row. A resumed run reads nothing but the ledger (and the
+templates): rows found ``sending`` become ``unknown`` and follow ``on_unknown``; ``sent`` rows
+are never sent again.
+
+``--dry-run`` (:func:`dry_run`) renders everything and touches nothing: the store is opened
+read-only for its suppression list, and not created when it does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import math
+import multiprocessing
+import os
+import secrets
+import signal
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from tenacity.wait import wait_base
+
+from blast.config import Campaign, OnUnknown, TLSMode, load_campaign
+from blast.delivery import Status
+from blast.errors import BlastError, BlockedMessage, ConfigError, StoreError
+from blast.ledger import Ledger, RunInfo, db_url, field_types, freeze_audience
+from blast.report import RunProgress, report_for_run
+from blast.sender import FieldDecoder, PoolSettings, RetryPolicy, SenderPool, install_uvloop
+from blast.transports.base import Transport
+
+__all__ = ["DryRun", "RunError", "RunOptions", "dry_run", "new_run_id", "run_campaign"]
+
+
+class RunError(BlastError):
+    """The run could not complete (a worker died, the store failed mid-run): exit code 1."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """The options of ``blast run``; the last three are for tests and benchmarks."""
+
+    db: str | None = None
+    limit: int | None = None
+    workers: int | None = None  # None: one per CPU
+    new_run: bool = False
+    as_of: dt.date | None = None
+    quiet: bool = False
+    linger: float = 60.0
+    retry_wait: wait_base | None = None
+    transport_factory: Callable[[Campaign, int], Transport] | None = None
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """A run id that sorts by start time and is unique: ``20261204T093000-3f9a1c``."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    campaign: Campaign
+    segment: Any  # blast.segments.Segment
+    segment_hash: str
+    template_hash: str
+
+
+def _load(path: str | Path) -> _Loaded:
+    from blast.segments import load_segment
+
+    campaign = load_campaign(path)
+    segment = load_segment(campaign.segment)
+    return _Loaded(campaign, segment, _segment_hash(segment), _template_hash(campaign))
+
+
+def _file_hash(paths: Iterable[Path | str | None], *extra: str) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError:
+            digest.update(b"<unreadable>")
+        digest.update(b"\0")
+    for text in extra:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _segment_hash(segment: Any) -> str:
+    sources: list[str] = []
+
+    def walk(seg: Any) -> None:
+        sources.append(seg.source)
+        for other in seg.exclude:
+            walk(other)
+
+    walk(segment)
+    return _file_hash(sources)
+
+
+def _template_hash(campaign: Campaign) -> str:
+    folder_files: list[Path] = []
+    for template in (campaign.template.html, campaign.template.text):
+        if template is not None:
+            # Layouts and includes live beside the template: hash the folder's templates.
+            folder_files += sorted(Path(template).parent.glob("*.j2"))
+    dump = campaign.model_dump_json(include={"subject", "from_", "reply_to", "headers"})
+    return _file_hash(dict.fromkeys(folder_files), dump)
+
+
+def _renderer(campaign: Campaign, run_id: str, key: bytes, sensitive: bool) -> Any:
+    from blast.render import Renderer
+
+    return Renderer.from_campaign(campaign, run_id=run_id, tracking_key=key, sensitive=sensitive)
+
+
+def _tracking_key(ledger: Ledger | None) -> bytes:
+    from blast.tokens import generate_key, key_from_env
+
+    key = key_from_env()
+    if key is not None:
+        return key
+    return ledger.tracking_key() if ledger is not None else generate_key()
+
+
+def _audience(
+    loaded: _Loaded, fields: Iterable[str], as_of: dt.date | None
+) -> tuple[pl.LazyFrame, str, str, dict[str, str]]:
+    """The segment's contacts with just id, email and the template fields (lazy)."""
+    from blast.contacts import load_contacts
+    from blast.segments import audience, prepare
+
+    contacts = load_contacts(loaded.campaign.contacts)
+    prepared = prepare(loaded.segment, contacts, as_of=as_of)
+    frame = audience(prepared)
+    schema = frame.collect_schema()
+    wanted = sorted(fields)
+    missing = [name for name in wanted if name not in schema]
+    if missing:
+        raise ConfigError(
+            f"{loaded.campaign.source}: templates use fields the contacts and segment do not "
+            f"have: {', '.join(missing)}"
+        )
+    keep = list(dict.fromkeys([contacts.id_column, contacts.email_column, *wanted]))
+    return (
+        frame.select(keep),
+        contacts.id_column,
+        contacts.email_column,
+        field_types(dict(schema), wanted),
+    )
+
+
+# -- a real run -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _WorkerSpec:
+    """Everything a worker process needs (picklable)."""
+
+    campaign_path: str
+    db: str
+    run_id: str
+    key: bytes
+    sensitive: bool
+    types: dict[str, str]
+    settings: PoolSettings
+    retry_window: float
+    retry_wait: wait_base | None
+    transport_factory: Callable[[Campaign, int], Transport] | None
+    parent_pid: int | None = None
+
+
+def _open_transport(
+    campaign: Campaign, concurrency: int, factory: Callable[[Campaign, int], Transport] | None
+) -> Transport:
+    if factory is not None:
+        return factory(campaign, concurrency)
+    from blast.transports import open_transport
+
+    return open_transport(campaign.transport, campaign.tls, concurrency=concurrency)
+
+
+def _fallback(campaign: Campaign) -> Transport | None:
+    if campaign.tls is not TLSMode.FORCED or campaign.fallback is None:
+        return None
+    from blast.transports import OutboxTransport
+
+    return OutboxTransport(campaign.fallback.outbox)
+
+
+async def _send(
+    spec: _WorkerSpec,
+    ledger: Ledger,
+    campaign: Campaign,
+    on_progress: Callable[[Counter[str]], None] | None,
+) -> Counter[str]:
+    renderer = _renderer(campaign, spec.run_id, spec.key, spec.sensitive)
+    transport = _open_transport(campaign, spec.settings.concurrency, spec.transport_factory)
+    fallback = _fallback(campaign)
+    pool = SenderPool(
+        ledger,
+        spec.run_id,
+        renderer=renderer,
+        transport=transport,
+        settings=spec.settings,
+        retry=RetryPolicy.for_hours(spec.retry_window / 3600, spec.retry_wait),
+        decoder=FieldDecoder(spec.types),
+        fallback=fallback,
+        on_progress=on_progress,
+    )
+    loop = asyncio.get_running_loop()
+    stopped = 0
+
+    def graceful(signum: int) -> None:
+        # First signal: stop claiming, let in-flight messages finish and be recorded.
+        # Second: leave now (rows in flight are found `unknown` on resume).
+        nonlocal stopped
+        stopped += 1
+        if stopped > 1:
+            os._exit(128 + signum)
+        pool.stop()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, graceful, signum)
+    watchdog = None
+    if spec.parent_pid is not None:
+        watchdog = asyncio.create_task(_orphan_watch(spec.parent_pid))
+    try:
+        stats = await pool.run()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+        await transport.aclose()
+        if fallback is not None:
+            await fallback.aclose()
+    return stats.status
+
+
+async def _orphan_watch(parent_pid: int) -> None:
+    # A worker whose parent was killed stops at once, like the parent did: what it had in
+    # flight is found `unknown` on resume, exactly as if it had been killed too.
+    while True:
+        await asyncio.sleep(0.2)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _worker_main(spec: _WorkerSpec, progress: Any) -> None:
+    """Entry point of a worker process: send, reporting recorded batches on ``progress``."""
+    install_uvloop()
+    try:
+        campaign = load_campaign(spec.campaign_path)
+        with Ledger.open(spec.db, migrate_schema=False) as ledger:
+            asyncio.run(_send(spec, ledger, campaign, lambda delta: progress.put(dict(delta))))
+    except BlastError as exc:
+        progress.put({"__error__": str(exc)})
+        sys.exit(1)
+
+
+def _split(value: int, parts: int) -> int:
+    return max(1, math.ceil(value / parts))
+
+
+def _run_workers(spec: _WorkerSpec, workers: int, progress: RunProgress) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    settings = spec.settings
+    per_worker = replace(
+        settings,
+        concurrency=_split(settings.concurrency, workers),
+        per_domain_connections=_split(settings.per_domain_connections, workers),
+        rate_per_second=(settings.rate_per_second / workers if settings.rate_per_second else None),
+        batch_size=settings.batch_size,
+        limit=None if settings.limit is None else _split(settings.limit, workers),
+    )
+    child = replace(spec, settings=per_worker, parent_pid=os.getpid())
+    processes = [
+        ctx.Process(target=_worker_main, args=(child, queue), name=f"blast-worker-{i}")
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    errors: list[str] = []
+    try:
+        while any(p.is_alive() for p in processes) or not queue.empty():
+            try:
+                delta = queue.get(timeout=0.2)
+            except Exception:  # queue.Empty
+                continue
+            if "__error__" in delta:
+                errors.append(delta["__error__"])
+                continue
+            progress.update(delta)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+    failed = [p for p in processes if p.exitcode != 0]
+    if errors:
+        raise RunError(errors[0])
+    if failed:
+        raise RunError(f"{len(failed)} of {workers} worker processes failed")
+
+
+def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[str, Any]:
+    """Run (or resume) the campaign at ``path``; returns DESIGN's report for the run.
+
+    Raises ``ConfigError`` for bad input, ``StoreError``/``RunError`` when the run could not
+    complete. Deferred rows not due within ``linger`` seconds are left for the next run.
+    """
+    options = options or RunOptions()
+    loaded = _load(path)
+    campaign = loaded.campaign
+    url = db_url(options.db)
+    with Ledger.open(url) as ledger:
+        key = _tracking_key(ledger)
+        run = None if options.new_run else ledger.unfinished_run(campaign.name)
+        notes: list[str] = []
+        if run is None and not options.new_run:
+            done = ledger.latest_run(campaign.name)
+            if done is not None:
+                # Re-running a finished campaign by accident would mail everyone twice.
+                raise ConfigError(
+                    f"campaign {campaign.name!r} already ran (run {done.run_id} finished); "
+                    "pass --new-run to send it again"
+                )
+        if run is None:
+            run = _start(ledger, loaded, key, options)
+        else:
+            if run.template_hash != loaded.template_hash:
+                notes.append("the templates changed since this run started")
+            found = ledger.recover(
+                run.run_id, resend_unknown=campaign.on_unknown is OnUnknown.RESEND
+            )
+            if found:
+                notes.append(f"{found} message(s) were in flight when the last run stopped")
+        spec = _spec(loaded, run, url, key, options)
+        workers = options.workers or os.cpu_count() or 1
+        counts = ledger.status_counts(run.run_id)
+        todo = counts.get(Status.QUEUED, 0) + counts.get(Status.DEFERRED, 0)
+        if options.limit is not None:
+            todo = min(todo, options.limit)
+        with RunProgress(todo, quiet=options.quiet) as progress:
+            if workers <= 1:
+                install_uvloop()
+                try:
+                    asyncio.run(_send(spec, ledger, campaign, progress.update))
+                except StoreError as exc:
+                    raise RunError(f"the run could not complete: {exc}") from exc
+            else:
+                ledger.engine.dispose()  # no pooled connection crosses into the workers
+                _run_workers(spec, workers, progress)
+        pending, _ = ledger.next_due(run.run_id)
+        if pending == 0:
+            ledger.finish_run(run.run_id)
+        report = report_for_run(ledger, ledger.get_run(run.run_id) or run)
+    report["workers"] = workers
+    report["notes"] = notes
+    if pending:
+        report["notes"].append(f"{pending} message(s) left for the next `blast run` of this run")
+    return report
+
+
+def _spec(loaded: _Loaded, run: RunInfo, url: str, key: bytes, options: RunOptions) -> _WorkerSpec:
+    campaign = loaded.campaign
+    sending = campaign.sending
+    return _WorkerSpec(
+        campaign_path=str(campaign.source),
+        db=url,
+        run_id=run.run_id,
+        key=key,
+        sensitive=bool(run.settings.get("sensitive", loaded.segment.sensitive)),
+        types=dict(run.settings.get("field_types", {})),
+        settings=PoolSettings(
+            concurrency=sending.concurrency,
+            rate_per_second=sending.rate_per_second,
+            per_domain_connections=sending.per_domain_connections,
+            batch_size=sending.batch_size,
+            linger=options.linger,
+            limit=options.limit,
+        ),
+        retry_window=sending.retry_hours * 3600,
+        retry_wait=options.retry_wait,
+        transport_factory=options.transport_factory,
+    )
+
+
+def _start(ledger: Ledger, loaded: _Loaded, key: bytes, options: RunOptions) -> RunInfo:
+    campaign = loaded.campaign
+    run_id = new_run_id()
+    renderer = _renderer(campaign, run_id, key, loaded.segment.sensitive)
+    frame, id_column, email_column, types = _audience(loaded, renderer.fields, options.as_of)
+    frozen, _counts = freeze_audience(
+        frame.collect(),
+        id_column=id_column,
+        email_column=email_column,
+        fields=sorted(renderer.fields),
+        suppressed=ledger.suppressed_addresses(),
+    )
+    settings = {
+        "campaign_file": str(campaign.source),
+        "as_of": (options.as_of or dt.date.today()).isoformat(),
+        "tls": campaign.tls.value,
+        "transport": campaign.transport.model_dump(
+            mode="json", exclude={"username_env", "password_env"}
+        ),
+        "sending": campaign.sending.model_dump(mode="json"),
+        "on_unknown": campaign.on_unknown.value,
+        "sensitive": loaded.segment.sensitive,
+        "fields": sorted(renderer.fields),
+        "field_types": types,
+    }
+    return ledger.start_run(
+        run_id=run_id,
+        campaign=campaign.name,
+        segment_hash=loaded.segment_hash,
+        template_hash=loaded.template_hash,
+        settings=settings,
+        audience=frozen,
+    )
+
+
+# -- dry run --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DryRun:
+    """What a run would do: statuses, recipients per domain, one sample message."""
+
+    campaign: str
+    recipients: int
+    status: Counter[str] = field(default_factory=Counter)
+    domains: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    invalid: int = 0
+    rendered: int = 0
+    sample: bytes | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "dry_run": True,
+            "recipients": self.recipients,
+            "status": dict(self.status),
+            "domains": dict(self.domains.most_common()),
+            "duplicates": self.duplicates,
+            "invalid": self.invalid,
+            "rendered": self.rendered,
+        }
+
+
+def _read_only_suppressions(url: str) -> set[str]:
+    """The store's suppression list without creating, migrating or writing anything."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or not Path(database).exists():
+            return set()
+        # Read-only; and when no WAL is pending, immutable, so not even the -wal/-shm side
+        # files are created.
+        wal = Path(f"{database}-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        ro = f"file:{Path(database).resolve()}?mode=ro" + ("" if pending else "&immutable=1")
+        engine = sa.create_engine(
+            "sqlite://", creator=lambda: __import__("sqlite3").connect(ro, uri=True)
+        )
+    else:
+        engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT address FROM suppressions").scalars()
+            return set(rows)
+    except sa.exc.SQLAlchemyError:
+        return set()  # no store yet, or not migrated: nothing suppressed
+    finally:
+        engine.dispose()
+
+
+def dry_run(path: str | Path, options: RunOptions | None = None) -> DryRun:
+    """Render every message the run would send (up to ``limit``), send nothing, write nothing."""
+    options = options or RunOptions()
+    loaded = _load(path)
+    campaign = loaded.campaign
+    key = _tracking_key(None)
+    renderer = _renderer(campaign, "dry-run", key, loaded.segment.sensitive)
+    frame, id_column, email_column, types = _audience(loaded, renderer.fields, options.as_of)
+    frozen, counts = freeze_audience(
+        frame.collect(),
+        id_column=id_column,
+        email_column=email_column,
+        fields=sorted(renderer.fields),
+        suppressed=_read_only_suppressions(db_url(options.db)),
+    )
+    result = DryRun(
+        campaign.name, frozen.height, duplicates=counts.duplicates, invalid=counts.invalid
+    )
+    result.status[Status.SUPPRESSED.value] = counts.suppressed
+    decode = FieldDecoder(types)
+    queued = frozen.filter(pl.col("status") == Status.QUEUED.value)
+    if options.limit is not None:
+        queued = queued.head(options.limit)
+    for row_id, (address, fields) in enumerate(queued.select("address", "fields").iter_rows(), 1):
+        try:
+            message = renderer.render(row_id=row_id, recipient=address, context=decode(fields))
+        except BlockedMessage:
+            result.status[Status.BLOCKED.value] += 1
+            continue
+        result.rendered += 1
+        result.status["would_send"] += 1
+        result.domains[address.rpartition("@")[2].lower()] += 1
+        if result.sample is None:
+            result.sample = message.data
+    return result

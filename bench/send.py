@@ -89,7 +89,16 @@ class Sink:
         self.first_at: float | None = None  # first message after mark()
         self.last_at: float | None = None
         self._base = 0
-        cmd = [find_tool("smtp-sink"), "-c", "-u", "nobody", f"127.0.0.1:{port}", "4096"]
+        cmd = [
+            find_tool("smtp-sink"),
+            "-c",
+            "-m",
+            "4096",
+            "-u",
+            "nobody",
+            f"127.0.0.1:{port}",
+            "4096",
+        ]
         if os.geteuid() != 0:
             cmd.remove("-u")
             cmd.remove("nobody")

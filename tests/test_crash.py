@@ -1,0 +1,149 @@
+"""Crash safety: ``kill -9`` a real ``blast run`` mid-run, several times at random points, resume,
+and check the ledger against what a real SMTP server received.
+
+Under ``on_unknown: skip`` (at-most-once for rows in flight at a crash):
+
+- no recipient is received twice;
+- every row is ``sent`` or ``unknown`` in the end, and every ``sent`` row was received once;
+- an ``unknown`` row was received at most once;
+- each crash leaves at most ``concurrency`` rows in flight (they become ``unknown``).
+
+Under ``on_unknown: resend`` every recipient is received at least once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from blast.ledger import Ledger
+from tests.campaign_files import write_campaign
+from tests.smtpserver import ServerTLS, SMTPTestServer
+
+BLAST = str(Path(sys.executable).with_name("blast"))
+CONCURRENCY = 16
+
+
+def _blast(campaign: Path, db: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [BLAST, "run", str(campaign), "--db", str(db), "--quiet", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "BLAST_DB": ""},
+    )
+
+
+def _in_flight(db: Path) -> int:
+    """Rows a killed process left ``sending`` (read without migrating or writing)."""
+    if not db.exists():
+        return 0
+    engine = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM deliveries WHERE status = 'sending'"
+                ).scalar_one()
+            )
+    except sa.exc.OperationalError:
+        return 0  # killed before the schema or the run existed
+    finally:
+        engine.dispose()
+
+
+def _kill_when(server: SMTPTestServer, proc: subprocess.Popen[bytes], received: int) -> bool:
+    """SIGKILL ``proc`` once the server has received ``received`` messages; False if it ended."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if len(server.received) >= received:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            return True
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError("blast run made no progress")
+
+
+def _crash_and_resume(
+    tmp_path: Path, *, n: int, kills: int, on_unknown: str, seed: int, workers: list[str]
+) -> tuple[SMTPTestServer, dict[str, dict[str, object]], list[int]]:
+    rng = random.Random(seed)
+    server = SMTPTestServer(tls=ServerTLS.NONE, pipelining=True)
+    with server.in_thread():
+        transport = f"kind: relay\n  host: {server.host}\n  port: {server.port}\n  timeout: 5"
+        campaign = write_campaign(
+            tmp_path / "c",
+            n=n,
+            transport=transport,
+            tls="none",
+            on_unknown=on_unknown,
+            concurrency=CONCURRENCY,
+            batch_size=32,
+            rate=2500,
+        )
+        db = tmp_path / "blast.db"
+        in_flight: list[int] = []
+        for i in range(kills):
+            target = len(server.received) + rng.randint(20, n // (kills + 1))
+            proc = _blast(campaign, db, "--workers", workers[i % len(workers)])
+            if not _kill_when(server, proc, target):
+                break
+            time.sleep(0.3)  # let orphaned worker processes notice and stop
+            in_flight.append(_in_flight(db))
+        final = _blast(campaign, db, "--workers", "1")
+        _, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err.decode()
+    with Ledger.open(str(db)) as ledger:
+        run = ledger.latest_run("trial")
+        assert run is not None and run.finished_at is not None
+        rows = {str(r["address"]): r for r in ledger.rows(run.run_id)}
+    return server, rows, in_flight
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume_skip(tmp_path: Path) -> None:
+    n = 1200
+    server, rows, in_flight = _crash_and_resume(
+        tmp_path, n=n, kills=4, on_unknown="skip", seed=int(time.time()), workers=["1", "2"]
+    )
+    assert len(in_flight) >= 2, "the runs finished before they could be killed"
+    assert all(count <= CONCURRENCY for count in in_flight), in_flight
+    received = Counter(rcpt for message in server.received for rcpt in message.rcpt_tos)
+    assert max(received.values()) == 1, "a recipient was sent twice under on_unknown: skip"
+    assert len(rows) == n
+    statuses = Counter(str(r["status"]) for r in rows.values())
+    assert set(statuses) <= {"sent", "unknown"}, statuses
+    assert statuses["unknown"] == sum(in_flight)
+    for address, row in rows.items():
+        if row["status"] == "sent":
+            assert received[address] == 1, address
+        else:
+            assert received[address] <= 1, address
+    # the server got nothing the ledger does not know about
+    assert set(received) <= set(rows)
+    # ... and everything but the unknown rows was received
+    assert sum(received.values()) >= n - statuses["unknown"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_resend_delivers_everyone(tmp_path: Path) -> None:
+    n = 500
+    server, rows, in_flight = _crash_and_resume(
+        tmp_path, n=n, kills=2, on_unknown="resend", seed=7, workers=["1"]
+    )
+    received = Counter(rcpt for message in server.received for rcpt in message.rcpt_tos)
+    assert set(received) == set(rows)
+    assert Counter(str(r["status"]) for r in rows.values()) == Counter({"sent": n})
+    # duplicates happen only for rows that were in flight at a crash
+    assert sum(received.values()) - n <= sum(in_flight)

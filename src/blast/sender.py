@@ -202,6 +202,7 @@ class SenderPool:
         self._results_ready = asyncio.Event()
         self._slots_freed = asyncio.Event()
         self._outstanding = 0  # rows claimed by this pool and not yet recorded
+        self._after_id = 0  # the highest row id this pool has claimed
         self._claiming_done = False
         self._senders_done = False
         self._stopping = False
@@ -259,7 +260,7 @@ class SenderPool:
             if free < chunk and self._outstanding > 0:
                 await self._wait_for_slots()
                 continue
-            rows = await self._in_db(self.ledger.claim, self.run_id, min(free, settings.batch_size))
+            rows = await self._in_db(self._claim, min(free, settings.batch_size))
             if rows:
                 self._outstanding += len(rows)
                 self.stats.claimed += len(rows)
@@ -277,6 +278,17 @@ class SenderPool:
             if delay > settings.linger:
                 return
             await self._sleep_or_stop(max(delay, 0.01))
+
+    def _claim(self, limit: int) -> list[Claimed]:
+        # Claim past the highest id this pool has claimed (cheap on PostgreSQL, see
+        # Ledger.claim); when that finds nothing, look once more from the start.
+        rows = self.ledger.claim(self.run_id, limit, after_id=self._after_id)
+        if not rows and self._after_id:
+            self._after_id = 0
+            rows = self.ledger.claim(self.run_id, limit)
+        if rows:
+            self._after_id = max(self._after_id, max(row.id for row in rows))
+        return rows
 
     async def _wait_for_slots(self) -> None:
         self._slots_freed.clear()

@@ -801,16 +801,14 @@ def scenario_resume(args: argparse.Namespace, scale: Scale, sink: Sink) -> tuple
         None,
         note,
         {
-            "first_send_s": first_send,
-            "killed_at": killed_at,
+            "first_send_s": None if first_send is None else round(first_send, 2),
+            "sink_at_kill": killed_at,
             "sink_total": total,
             "recipients": scale.recipients,
-            "status": status,
+            "ledger": status,
         },
     )
     goals = [Goal("resume", "first new send after restart <= 5 s", first_send, 5.0, False)]
-    if args.resume_finish:
-        result.extra["duplicates_or_missing"] = total - scale.recipients
     return [result], goals
 
 
@@ -869,8 +867,8 @@ def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
 def table(results: list[Result]) -> str:
     rows = [
         "| scenario | contestant | messages | wall s | msg/s | msg/s while sending "
-        "| vs best C/bare | peak RSS MB | CPU s | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| vs best C/bare | peak RSS MB | CPU s | CPU µs/msg | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     by_scenario: dict[str, list[Result]] = {}
     for r in results:
@@ -882,6 +880,7 @@ def table(results: list[Result]) -> str:
             reference = max(bare, key=lambda r: r.rate) if bare else None
         for r in group:
             rel = r.rate / reference.rate if reference and reference.rate else None
+            per_message = r.cpu_seconds / r.messages * 1e6 if r.cpu_seconds and r.messages else None
             notes = r.note
             if r.extra:
                 extras = ", ".join(f"{k}={v}" for k, v in r.extra.items() if v is not None)
@@ -889,7 +888,7 @@ def table(results: list[Result]) -> str:
             rows.append(
                 f"| {scenario} | {r.contestant} | {r.messages:,} | {r.seconds:.1f} "
                 f"| {fmt(r.rate)} | {fmt(r.send_rate)} | {fmt(rel, 2, 'x')} "
-                f"| {fmt(r.peak_rss_mb)} | {fmt(r.cpu_seconds, 1)} | {notes} |"
+                f"| {fmt(r.peak_rss_mb)} | {fmt(r.cpu_seconds, 1)} | {fmt(per_message)} | {notes} |"
             )
     return "\n".join(rows)
 

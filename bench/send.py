@@ -854,7 +854,7 @@ def machine_info() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "packages": ", ".join(versions) + f", mailmerge {mailmerge_version()}, Postfix {postfix}",
-        "load": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        "load average at start (1/5/15 min)": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
     }
 
 
@@ -901,7 +901,13 @@ def goals_table(goals: list[Goal]) -> str:
     return "\n".join(rows)
 
 
-def section(info: dict[str, str], command: str, results: list[Result], goals: list[Goal]) -> str:
+def section(
+    info: dict[str, str],
+    command: str,
+    results: list[Result],
+    goals: list[Goal],
+    notes: str = "",
+) -> str:
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items() if k not in ("date", "commit"))
     return (
         "## send\n\n"
@@ -915,7 +921,9 @@ def section(info: dict[str, str], command: str, results: list[Result], goals: li
         "process start to exit (for blast: loading contacts, building the ledger and sending); "
         "`msg/s while sending` from the first to the last message the sink saw. `vs best "
         "C/bare` divides by smtp-source (plain) or by the fastest bare aiosmtplib loop (tls, "
-        "proxy). Peak RSS is the sum over the process tree, sampled every 0.1 s.\n"
+        "proxy). Peak RSS is the sum over the process tree, sampled every 0.1 s. CPU is user+sys "
+        "of the contestant's process tree (not the sink's).\n"
+        + (f"\n{notes.strip()}\n" if notes else "")
     )
 
 
@@ -962,6 +970,9 @@ def main(argv: list[str] | None = None) -> int:
         help="stop the restarted run once it has sent (default: let it finish and count)",
     )
     parser.add_argument("--no-record", action="store_true", help="don't touch bench/RESULTS.md")
+    parser.add_argument(
+        "--notes", type=Path, default=None, help="Markdown file appended to the recorded section"
+    )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
@@ -983,9 +994,10 @@ def main(argv: list[str] | None = None) -> int:
             goals += more_goals
     finally:
         sink.stop()
-    info["load at end"] = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    info["load average at end"] = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     command = shlex.join(["python", "bench/send.py", *(argv if argv is not None else sys.argv[1:])])
-    text = section(info, command, results, goals)
+    notes = args.notes.read_text() if args.notes else ""
+    text = section(info, command, results, goals, notes)
     print(table(results))
     print()
     print(goals_table(goals))

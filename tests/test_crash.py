@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from blast.errors import StoreError
 from blast.ledger import Ledger
 from tests.campaign_files import write_campaign
 from tests.smtpserver import ServerTLS, SMTPTestServer
@@ -42,22 +43,21 @@ def _blast(campaign: Path, db: Path, *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _in_flight(db: Path) -> int:
-    """Rows a killed process left ``sending`` (read without migrating or writing)."""
+def _in_flight(db: Path) -> set[int]:
+    """Rows a killed run left ``sending``, once its orphaned workers are gone too (they hold
+    the campaign's shared lock until they exit)."""
     if not db.exists():
-        return 0
-    engine = sa.create_engine(f"sqlite:///{db}")
+        return set()
     try:
-        with engine.connect() as conn:
-            return int(
-                conn.exec_driver_sql(
-                    "SELECT count(*) FROM deliveries WHERE status = 'sending'"
-                ).scalar_one()
-            )
-    except sa.exc.OperationalError:
-        return 0  # killed before the schema or the run existed
-    finally:
-        engine.dispose()
+        with (
+            Ledger.open(str(db), migrate_schema=False) as ledger,
+            ledger.campaign_lock("trial", wait=10),
+            ledger.engine.connect() as conn,
+        ):
+            sql = "SELECT id FROM deliveries WHERE status = 'sending'"
+            return set(conn.exec_driver_sql(sql).scalars())
+    except (sa.exc.OperationalError, StoreError):
+        return set()  # killed before the schema or the run existed
 
 
 def _kill_when(server: SMTPTestServer, proc: subprocess.Popen[bytes], received: int) -> bool:
@@ -77,7 +77,7 @@ def _kill_when(server: SMTPTestServer, proc: subprocess.Popen[bytes], received: 
 
 def _crash_and_resume(
     tmp_path: Path, *, n: int, kills: int, on_unknown: str, seed: int, workers: list[str]
-) -> tuple[SMTPTestServer, dict[str, dict[str, object]], list[int]]:
+) -> tuple[SMTPTestServer, dict[str, dict[str, object]], list[set[int]]]:
     rng = random.Random(seed)
     server = SMTPTestServer(tls=ServerTLS.NONE, pipelining=True)
     with server.in_thread():
@@ -93,13 +93,12 @@ def _crash_and_resume(
             rate=2500,
         )
         db = tmp_path / "blast.db"
-        in_flight: list[int] = []
+        in_flight: list[set[int]] = []
         for i in range(kills):
             target = len(server.received) + rng.randint(20, n // (kills + 1))
             proc = _blast(campaign, db, "--workers", workers[i % len(workers)])
             if not _kill_when(server, proc, target):
                 break
-            time.sleep(0.3)  # let orphaned worker processes notice and stop
             in_flight.append(_in_flight(db))
         final = _blast(campaign, db, "--workers", "1")
         _, err = final.communicate(timeout=60)
@@ -118,13 +117,14 @@ def test_kill_9_at_random_points_then_resume_skip(tmp_path: Path) -> None:
         tmp_path, n=n, kills=4, on_unknown="skip", seed=int(time.time()), workers=["1", "2"]
     )
     assert len(in_flight) >= 2, "the runs finished before they could be killed"
-    assert all(count <= CONCURRENCY for count in in_flight), in_flight
+    assert all(len(ids) <= CONCURRENCY for ids in in_flight), in_flight
     received = Counter(rcpt for message in server.received for rcpt in message.rcpt_tos)
     assert max(received.values()) == 1, "a recipient was sent twice under on_unknown: skip"
     assert len(rows) == n
     statuses = Counter(str(r["status"]) for r in rows.values())
     assert set(statuses) <= {"sent", "unknown"}, statuses
-    assert statuses["unknown"] == sum(in_flight)
+    unknown = {int(str(r["id"])) for r in rows.values() if r["status"] == "unknown"}
+    assert unknown == set().union(*in_flight)
     for address, row in rows.items():
         if row["status"] == "sent":
             assert received[address] == 1, address
@@ -146,4 +146,4 @@ def test_kill_9_then_resume_resend_delivers_everyone(tmp_path: Path) -> None:
     assert set(received) == set(rows)
     assert Counter(str(r["status"]) for r in rows.values()) == Counter({"sent": n})
     # duplicates happen only for rows that were in flight at a crash
-    assert sum(received.values()) - n <= sum(in_flight)
+    assert sum(received.values()) - n <= sum(len(ids) for ids in in_flight)

@@ -6,10 +6,12 @@ Every test runs on a SQLite file and on the local PostgreSQL (a throw-away schem
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -291,3 +293,42 @@ def test_store_errors_are_blast_errors(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     with pytest.raises(StoreError):
         Ledger.open(f"sqlite:///{tmp_path / 'a-file' / 'blast.db'}")
+
+
+def _hold_lock(url: str, shared: bool, ready: Any, release: Any) -> None:
+    with (
+        Ledger.open(url, migrate_schema=False) as ledger,
+        ledger.campaign_lock("flu", shared=shared),
+    ):
+        ready.set()
+        release.wait(20)
+
+
+@pytest.mark.parametrize(
+    ("held", "wanted", "blocked"), [(False, True, True), (True, True, False), (True, False, True)]
+)
+def test_campaign_lock_across_processes(url: str, held: bool, wanted: bool, blocked: bool) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    with Ledger.open(url) as ledger:
+        holder = ctx.Process(target=_hold_lock, args=(url, held, ready, release))
+        holder.start()
+        try:
+            assert ready.wait(20)
+            if blocked:
+                with (
+                    pytest.raises(StoreError, match="another blast process"),
+                    ledger.campaign_lock("flu", shared=wanted, wait=0.2),
+                ):
+                    pass
+            else:
+                with ledger.campaign_lock("flu", shared=wanted, wait=0.2):
+                    pass
+            with ledger.campaign_lock("other-campaign", wait=0.2):
+                pass  # other campaigns are not affected
+        finally:
+            release.set()
+            holder.join(20)
+        # released when the holder is gone
+        with ledger.campaign_lock("flu", wait=5) as lock:
+            lock.downgrade()

@@ -21,6 +21,8 @@ import functools
 import json
 import os
 import secrets
+import time
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from blast.errors import StoreError
 
 __all__ = [
     "DEFAULT_DB",
+    "CampaignLock",
     "Claimed",
     "EnqueueCounts",
     "Ledger",
@@ -281,6 +284,81 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+class CampaignLock:
+    """A campaign's lock; see :meth:`Ledger.campaign_lock`."""
+
+    def __init__(self, ledger: Ledger, campaign: str) -> None:
+        self.campaign = campaign
+        self._key = zlib.crc32(campaign.encode())
+        self._ledger = ledger
+        self._conn: Connection | None = None
+        self._fd: int | None = None
+        self._held: list[str] = []
+
+    def _try(self, shared: bool) -> bool:
+        if self._ledger.is_postgres:
+            assert self._conn is not None
+            fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+            got = bool(self._conn.exec_driver_sql(f"SELECT {fn}({self._key})").scalar())
+            if got:
+                self._held.append("shared" if shared else "exclusive")
+            return got
+        if self._fd is None:
+            return True  # an in-memory database: nobody else can see it
+        import fcntl
+
+        try:
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            fcntl.lockf(self._fd, mode | fcntl.LOCK_NB, 1, self._key)
+        except OSError:
+            return False
+        return True
+
+    def acquire(self, *, shared: bool, wait: float) -> None:
+        if self._ledger.is_postgres:
+            self._conn = self._ledger.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        else:
+            path = _sqlite_path(self._ledger.engine.url)
+            if path is not None:
+                self._fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        try:
+            while not self._try(shared):
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"another blast process is working on campaign {self.campaign!r}; "
+                        "try again when it ends"
+                    )
+                time.sleep(0.05)
+        except BaseException:
+            self.release()
+            raise
+
+    def downgrade(self) -> None:
+        """Exclusive to shared, with no moment unlocked in between."""
+        if self._ledger.is_postgres:
+            assert self._conn is not None
+            self._try(shared=True)
+            self._conn.exec_driver_sql(f"SELECT pg_advisory_unlock({self._key})")
+            self._held.remove("exclusive")
+        else:
+            self._try(shared=True)  # a POSIX lock on the same bytes is converted in place
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with _suppress_store_errors():
+                for kind in self._held:
+                    fn = "pg_advisory_unlock_shared" if kind == "shared" else "pg_advisory_unlock"
+                    self._conn.exec_driver_sql(f"SELECT {fn}({self._key})")
+            self._conn.close()
+            self._conn = None
+        if self._fd is not None:
+            os.close(self._fd)  # releases this process's locks on the file
+            self._fd = None
+
+
 class Ledger:
     """The store: runs, delivery rows, suppressions and settings, over one SQLAlchemy engine.
 
@@ -303,6 +381,27 @@ class Ledger:
         except OSError as exc:
             raise StoreError(f"cannot open the store: {exc.strerror or exc}") from exc
         return cls(engine)
+
+    @contextmanager
+    def campaign_lock(
+        self, campaign: str, *, shared: bool = False, wait: float = 10.0
+    ) -> Iterator[CampaignLock]:
+        """Hold the campaign's lock: exclusive to decide which run to send and to recover it,
+        shared while sending (every worker process of the run holds it; the parent keeps it
+        by calling ``downgrade()`` on its exclusive lock).
+
+        So a second ``blast run`` of the same campaign can neither start another run nor
+        declare the rows of a live process ``unknown``. The operating system (SQLite: a POSIX
+        record lock on ``<db>.lock``) or the server (PostgreSQL: an advisory lock held by a
+        connection) drops the lock when its process dies, ``kill -9`` included. Raises
+        ``StoreError`` after ``wait`` seconds.
+        """
+        lock = CampaignLock(self, campaign)
+        lock.acquire(shared=shared, wait=wait)
+        try:
+            yield lock
+        finally:
+            lock.release()
 
     def close(self) -> None:
         """Release the engine's connections."""
@@ -906,6 +1005,14 @@ def _run_info(row: Any) -> RunInfo:
         started_at=_utc(row.started_at) or now(),
         finished_at=_utc(row.finished_at),
     )
+
+
+@contextmanager
+def _suppress_store_errors() -> Iterator[None]:
+    try:
+        yield
+    except (SQLAlchemyError, *_driver_errors()):
+        pass
 
 
 def _describe(exc: BaseException) -> str:

@@ -279,7 +279,10 @@ def _worker_main(spec: _WorkerSpec, progress: Any) -> None:
     install_uvloop()
     try:
         campaign = load_campaign(spec.campaign_path)
-        with Ledger.open(spec.db, migrate_schema=False) as ledger:
+        with (
+            Ledger.open(spec.db, migrate_schema=False) as ledger,
+            ledger.campaign_lock(campaign.name, shared=True, wait=30),
+        ):
             asyncio.run(_send(spec, ledger, campaign, lambda delta: progress.put(dict(delta))))
     except BlastError as exc:
         progress.put({"__error__": str(exc)})
@@ -340,28 +343,11 @@ def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[st
     loaded = _load(path)
     campaign = loaded.campaign
     url = db_url(options.db)
-    with Ledger.open(url) as ledger:
+    with Ledger.open(url) as ledger, ledger.campaign_lock(campaign.name) as lock:
         key = _tracking_key(ledger)
-        run = None if options.new_run else ledger.unfinished_run(campaign.name)
-        notes: list[str] = []
-        if run is None and not options.new_run:
-            done = ledger.latest_run(campaign.name)
-            if done is not None:
-                # Re-running a finished campaign by accident would mail everyone twice.
-                raise ConfigError(
-                    f"campaign {campaign.name!r} already ran (run {done.run_id} finished); "
-                    "pass --new-run to send it again"
-                )
-        if run is None:
-            run = _start(ledger, loaded, key, options)
-        else:
-            if run.template_hash != loaded.template_hash:
-                notes.append("the templates changed since this run started")
-            found = ledger.recover(
-                run.run_id, resend_unknown=campaign.on_unknown is OnUnknown.RESEND
-            )
-            if found:
-                notes.append(f"{found} message(s) were in flight when the last run stopped")
+        run, notes = _choose_run(ledger, loaded, key, options)
+        # From here on other processes may send this run too (our workers): share the lock.
+        lock.downgrade()
         spec = _spec(loaded, run, url, key, options)
         workers = options.workers or os.cpu_count() or 1
         counts = ledger.status_counts(run.run_id)
@@ -376,7 +362,6 @@ def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[st
                 except StoreError as exc:
                     raise RunError(f"the run could not complete: {exc}") from exc
             else:
-                ledger.engine.dispose()  # no pooled connection crosses into the workers
                 _run_workers(spec, workers, progress)
         pending, _ = ledger.next_due(run.run_id)
         if pending == 0:
@@ -387,6 +372,32 @@ def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[st
     if pending:
         report["notes"].append(f"{pending} message(s) left for the next `blast run` of this run")
     return report
+
+
+def _choose_run(
+    ledger: Ledger, loaded: _Loaded, key: bytes, options: RunOptions
+) -> tuple[RunInfo, list[str]]:
+    """The unfinished run to resume (repaired after a crash), or a new one. Call it holding
+    the campaign's exclusive lock."""
+    campaign = loaded.campaign
+    notes: list[str] = []
+    run = None if options.new_run else ledger.unfinished_run(campaign.name)
+    if run is None and not options.new_run:
+        done = ledger.latest_run(campaign.name)
+        if done is not None:
+            # Re-running a finished campaign by accident would mail everyone twice.
+            raise ConfigError(
+                f"campaign {campaign.name!r} already ran (run {done.run_id} finished); "
+                "pass --new-run to send it again"
+            )
+    if run is None:
+        return _start(ledger, loaded, key, options), notes
+    if run.template_hash != loaded.template_hash:
+        notes.append("the templates changed since this run started")
+    found = ledger.recover(run.run_id, resend_unknown=campaign.on_unknown is OnUnknown.RESEND)
+    if found:
+        notes.append(f"{found} message(s) were in flight when the last run stopped")
+    return run, notes
 
 
 def _spec(loaded: _Loaded, run: RunInfo, url: str, key: bytes, options: RunOptions) -> _WorkerSpec:

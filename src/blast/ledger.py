@@ -17,7 +17,6 @@ The per-message path is batch-only: ``claim`` is one ``UPDATE ... RETURNING`` pe
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import secrets
@@ -629,7 +628,7 @@ class Ledger:
             if self.is_postgres:
                 return self._claim_pg(run_id, limit, stamp, after_id)
             return self._claim_sqlite(run_id, limit, stamp, after_id)
-        except (SQLAlchemyError, *_driver_errors()) as exc:
+        except _store_errors() as exc:
             raise StoreError(f"cannot claim rows: {_describe(exc)}") from exc
 
     def _claim_sqlite(
@@ -686,12 +685,12 @@ class Ledger:
                 self._record_pg(results, stamp)
             else:
                 self._record_sqlite(results, stamp)
-        except (SQLAlchemyError, *_driver_errors()) as exc:
+        except _store_errors() as exc:
             raise StoreError(f"cannot record outcomes: {_describe(exc)}") from exc
 
     def _record_sqlite(self, results: Sequence[Result], stamp: datetime) -> None:
         ts = _sqlite_ts(stamp)
-        params = []
+        params: list[tuple[Any, ...]] = []
         for r in results:
             tls = r.tls
             nxt = r.next_attempt_at
@@ -869,18 +868,24 @@ def _parse_sqlite_ts(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-@functools.cache
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    import sqlite3
+_STORE_ERRORS: tuple[type[Exception], ...] = ()
 
-    errors: list[type[BaseException]] = [sqlite3.Error]
-    try:
-        import psycopg
 
-        errors.append(psycopg.Error)
-    except ImportError:  # pragma: no cover - psycopg is optional
-        pass
-    return tuple(errors)
+def _store_errors() -> tuple[type[Exception], ...]:
+    """SQLAlchemy's and the drivers' errors (the hot path calls the drivers directly)."""
+    global _STORE_ERRORS
+    if not _STORE_ERRORS:
+        import sqlite3
+
+        errors: list[type[Exception]] = [SQLAlchemyError, sqlite3.Error]
+        try:
+            import psycopg
+
+            errors.append(psycopg.Error)
+        except ImportError:  # pragma: no cover - psycopg is optional
+            pass
+        _STORE_ERRORS = tuple(errors)
+    return _STORE_ERRORS
 
 
 def prepare_audience(
@@ -1011,7 +1016,7 @@ def _run_info(row: Any) -> RunInfo:
 def _suppress_store_errors() -> Iterator[None]:
     try:
         yield
-    except (SQLAlchemyError, *_driver_errors()):
+    except _store_errors():
         pass
 
 

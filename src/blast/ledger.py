@@ -117,6 +117,12 @@ deliveries = sa.Table(
         postgresql_where=sa.text("status = 'queued'"),
     ),
     sa.Index(
+        "ix_deliveries_sending",
+        "run_id",
+        sqlite_where=sa.text("status = 'sending'"),
+        postgresql_where=sa.text("status = 'sending'"),
+    ),
+    sa.Index(
         "ix_deliveries_deferred",
         "run_id",
         "next_attempt_at",
@@ -747,24 +753,32 @@ class Ledger:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
             cursor.execute(_PG_RECORD, (stamp, *columns))
 
+    def pending_counts(self, run_id: str) -> dict[str, int]:
+        """Rows still queued, deferred and sending: three index-only counts, cheap at any
+        size (unlike :meth:`status_counts`, which reads the whole run)."""
+        counts: dict[str, int] = {}
+        with self._tx() as conn:
+            for status in PENDING:
+                counts[status.value] = int(
+                    conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(deliveries)
+                        .where(deliveries.c.run_id == run_id, deliveries.c.status == status.value)
+                    ).scalar_one()
+                )
+        return counts
+
     def next_due(self, run_id: str) -> tuple[int, datetime | None]:
         """How many rows are still pending (queued/deferred/sending) and the earliest deferral."""
+        pending = sum(self.pending_counts(run_id).values())
         with self._tx() as conn:
-            pending = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(deliveries)
-                .where(
-                    deliveries.c.run_id == run_id,
-                    deliveries.c.status.in_([s.value for s in PENDING]),
-                )
-            ).scalar_one()
             earliest = conn.execute(
                 sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
                     deliveries.c.run_id == run_id,
                     deliveries.c.status == Status.DEFERRED.value,
                 )
             ).scalar_one()
-        return int(pending), _utc(earliest)
+        return pending, _utc(earliest)
 
     def expire_deferred(self, run_id: str, before: datetime, *, status: Status) -> int:
         """Give up on deferred rows whose first attempt was before ``before`` (window closed)."""
@@ -968,35 +982,48 @@ def field_types(schema: Mapping[str, pl.DataType], fields: Iterable[str]) -> dic
 
 
 def _executemany_rows(conn: Connection, run_id: str, frame: pl.DataFrame, stamp: datetime) -> None:
-    stamp_text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f")  # SQLAlchemy's SQLite DATETIME format
+    stamp_text = _sqlite_ts(stamp)
     raw = conn.connection.driver_connection
     assert raw is not None
     cursor = raw.cursor()
+    # The (run, address) index takes its inserts in random order: give it room in memory.
+    cursor.execute("PRAGMA cache_size = -131072")  # 128 MiB, this connection, this insert
     sql = f"INSERT INTO deliveries ({', '.join(_INSERT_COLUMNS)}) VALUES (?, ?, ?, ?, 0, ?, ?, ?)"
-    batch = 50_000
-    cols = frame.select("contact_id", "address", "status", "fields")
-    for offset in range(0, cols.height, batch):
-        chunk = cols.slice(offset, batch)
-        cursor.executemany(
-            sql,
-            (
-                (run_id, cid, addr, status, fields, stamp_text, stamp_text)
-                for cid, addr, status, fields in chunk.iter_rows()
-            ),
-        )
-    cursor.close()
+    cols = frame.select(
+        pl.lit(run_id).alias("run_id"),
+        "contact_id",
+        "address",
+        "status",
+        "fields",
+        pl.lit(stamp_text).alias("created_at"),
+        pl.lit(stamp_text).alias("updated_at"),
+    )
+    try:
+        for chunk in cols.iter_slices(50_000):
+            cursor.executemany(sql, chunk.iter_rows())
+    finally:
+        cursor.execute("PRAGMA cache_size = -2000")
+        cursor.close()
 
 
 def _copy_rows(conn: Connection, run_id: str, frame: pl.DataFrame, stamp: datetime) -> None:
     raw = conn.connection.driver_connection
     assert raw is not None
-    cols = frame.select("contact_id", "address", "status", "fields")
-    with (
-        raw.cursor() as cursor,
-        cursor.copy(f"COPY deliveries ({', '.join(_INSERT_COLUMNS)}) FROM STDIN") as copy,
-    ):
-        for cid, addr, status, fields in cols.iter_rows():
-            copy.write_row((run_id, cid, addr, status, 0, fields, stamp, stamp))
+    cols = frame.select(
+        pl.lit(run_id).alias("run_id"),
+        "contact_id",
+        "address",
+        "status",
+        pl.lit(0).alias("attempts"),
+        "fields",
+        pl.lit(stamp.isoformat()).alias("created_at"),
+        pl.lit(stamp.isoformat()).alias("updated_at"),
+    )
+    copy_sql = f"COPY deliveries ({', '.join(_INSERT_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+    with raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
+        # Polars writes the CSV (quoting the JSON fields); COPY parses it server-side.
+        for chunk in cols.iter_slices(100_000):
+            copy.write(chunk.write_csv(include_header=False, quote_style="non_numeric"))
 
 
 def _run_info(row: Any) -> RunInfo:

@@ -158,7 +158,7 @@ class RunProgress:
         enabled = not quiet and console.is_terminal and sys.stderr.isatty()
         self._progress = Progress(
             TextColumn("[bold]sending"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
             _Rate(),
             TextColumn("sent {task.fields[sent]:,}"),

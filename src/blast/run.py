@@ -350,8 +350,8 @@ def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[st
         lock.downgrade()
         spec = _spec(loaded, run, url, key, options)
         workers = options.workers or os.cpu_count() or 1
-        counts = ledger.status_counts(run.run_id)
-        todo = counts.get(Status.QUEUED, 0) + counts.get(Status.DEFERRED, 0)
+        counts = ledger.pending_counts(run.run_id)
+        todo = counts[Status.QUEUED] + counts[Status.DEFERRED]
         if options.limit is not None:
             todo = min(todo, options.limit)
         with RunProgress(todo, quiet=options.quiet) as progress:

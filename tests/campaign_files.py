@@ -71,6 +71,7 @@ tls: {tls}
 transport:
   {transport}
 on_unknown: {on_unknown}
+tracking: {{base_url: "https://t.riverside.example"}}
 sending: {{{sending}}}
 """
     )

@@ -206,3 +206,14 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     no_run = runner.invoke(app, ["report", "never-ran", "--db", str(tmp_path / "b.db")])
     assert no_run.exit_code == 2
     assert "blast: error:" in no_run.output
+
+
+def test_run_refuses_what_validate_refuses(tmp_path: Path) -> None:
+    campaign = write_campaign(tmp_path / "c", n=3)
+    text = campaign.read_text().replace('tracking: {base_url: "https://t.riverside.example"}\n', "")
+    campaign.write_text(text)
+    db = tmp_path / "blast.db"
+    result = CliRunner().invoke(app, ["run", str(campaign), "--db", str(db), "--workers", "1"])
+    assert result.exit_code == 1
+    assert "refusing to send" in result.output
+    assert not (tmp_path / "c" / "outbox").exists()

@@ -40,7 +40,7 @@ from tenacity.wait import wait_base
 
 from blast.config import Campaign, OnUnknown, TLSMode, load_campaign
 from blast.delivery import Status
-from blast.errors import BlastError, BlockedMessage, ConfigError, StoreError
+from blast.errors import BlastError, BlockedMessage, ComplianceError, ConfigError, StoreError
 from blast.ledger import Ledger, RunInfo, db_url, field_types, freeze_audience
 from blast.report import RunProgress, report_for_run
 from blast.sender import FieldDecoder, PoolSettings, RetryPolicy, SenderPool, install_uvloop
@@ -92,7 +92,21 @@ def _load(path: str | Path) -> _Loaded:
 
     campaign = load_campaign(path)
     segment = load_segment(campaign.segment)
+    _check_compliance(campaign, segment)
     return _Loaded(campaign, segment, _segment_hash(segment), _template_hash(campaign))
+
+
+def _check_compliance(campaign: Campaign, segment: Any) -> None:
+    """Refuse to send what ``blast validate`` refuses (unsubscribe, postal address, From,
+    TLS for sensitive segments, ...): ``ComplianceError`` naming the findings."""
+    from blast.compliance import check_campaign
+
+    derived = {item.name: item.inputs for item in segment.derive}
+    findings, _ = check_campaign(campaign, sensitive=segment.sensitive, derived=derived)
+    errors = [str(f) for f in findings if f.error]
+    if errors:
+        more = f" (and {len(errors) - 1} more; see blast validate)" if len(errors) > 1 else ""
+        raise ComplianceError(f"refusing to send: {errors[0]}{more}")
 
 
 def _file_hash(paths: Iterable[Path | str | None], *extra: str) -> str:

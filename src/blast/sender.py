@@ -197,6 +197,7 @@ class SenderPool:
         self.stats = PoolStats()
         self._limiter = RateLimiter(settings.rate_per_second)
         self._domains: dict[str, asyncio.Semaphore] = {}
+        self._domain_bound = settings.per_domain_connections < settings.concurrency
         self._queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
@@ -334,19 +335,26 @@ class SenderPool:
             return Result(
                 row.id, Status.BLOCKED, blocked_reason=f"render error: {type(exc).__name__}"
             )
-        domain = row.address.rpartition("@")[2].lower()
-        gate = self._domains.get(domain)
-        if gate is None:
-            gate = self._domains[domain] = asyncio.Semaphore(self.settings.per_domain_connections)
-        async with gate:
-            await self._limiter.wait()
-            try:
-                outcome = await self.transport.send(message)
-            except Exception as exc:  # a transport should not raise; treat it as temporary
-                outcome = Outcome(
-                    status=Status.DEFERRED, reply=f"transport error: {type(exc).__name__}"
+        if self._domain_bound:
+            domain = row.address.rpartition("@")[2].lower()
+            gate = self._domains.get(domain)
+            if gate is None:
+                gate = self._domains[domain] = asyncio.Semaphore(
+                    self.settings.per_domain_connections
                 )
+            async with gate:
+                outcome = await self._send(message)
+        else:  # the limit cannot bind: skip the semaphore on the hot path
+            outcome = await self._send(message)
         return await self._resolve(row, message, outcome)
+
+    async def _send(self, message: Message) -> Outcome:
+        if self._limiter.interval:
+            await self._limiter.wait()
+        try:
+            return await self.transport.send(message)
+        except Exception as exc:  # a transport should not raise; treat it as temporary
+            return Outcome(status=Status.DEFERRED, reply=f"transport error: {type(exc).__name__}")
 
     async def _resolve(self, row: Claimed, message: Message, outcome: Outcome) -> Result:
         status = outcome.status

@@ -147,3 +147,38 @@ def test_kill_9_then_resume_resend_delivers_everyone(tmp_path: Path) -> None:
     assert Counter(str(r["status"]) for r in rows.values()) == Counter({"sent": n})
     # duplicates happen only for rows that were in flight at a crash
     assert sum(received.values()) - n <= sum(len(ids) for ids in in_flight)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_gracefully_and_nothing_is_unknown(tmp_path: Path, workers: str) -> None:
+    n = 400
+    server = SMTPTestServer(tls=ServerTLS.NONE)
+    with server.in_thread():
+        transport = f"kind: relay\n  host: {server.host}\n  port: {server.port}\n  timeout: 5"
+        campaign = write_campaign(
+            tmp_path / "c", n=n, transport=transport, concurrency=CONCURRENCY, rate=800
+        )
+        db = tmp_path / "blast.db"
+        proc = _blast(campaign, db, "--workers", workers)
+        deadline = time.monotonic() + 30
+        while len(server.received) < 40 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:  # pragma: no cover - a hang: leave nothing behind
+                proc.kill()
+        assert proc.returncode == 1, err.decode()
+        assert b"stopped by a signal" in err
+        assert _in_flight(db) == set()  # everything in flight was finished and recorded
+        assert len(server.received) < n
+        final = _blast(campaign, db, "--workers", "1")
+        _, err = final.communicate(timeout=60)
+        assert final.returncode == 0, err.decode()
+    received = Counter(rcpt for message in server.received for rcpt in message.rcpt_tos)
+    assert len(received) == n and set(received.values()) == {1}
+    with Ledger.open(str(db)) as ledger:
+        run = ledger.latest_run("trial")
+        assert run is not None
+        assert ledger.status_counts(run.run_id) == {"sent": n}

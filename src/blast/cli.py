@@ -435,11 +435,14 @@ def run_command(
         return
     report = run_campaign(campaign, options)
     if json_output:
-        typer.echo(json.dumps({k: v for k, v in report.items() if k != "notes"}, indent=2))
+        shown = {k: v for k, v in report.items() if k not in ("notes", "interrupted")}
+        typer.echo(json.dumps(shown, indent=2))
     else:
         Console().print(summary_table(report))
     for note in report.get("notes", []):
         typer.echo(f"note: {note}", err=True)
+    if report.get("interrupted"):
+        raise typer.Exit(1)
 
 
 def _print_dry_run(result: Any) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import faulthandler
 import hashlib
 import math
 import multiprocessing
@@ -232,7 +233,9 @@ async def _send(
     ledger: Ledger,
     campaign: Campaign,
     on_progress: Callable[[Counter[str]], None] | None,
-) -> Counter[str]:
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> bool:
+    """Send with one pool; True if a signal stopped it before the run was done."""
     renderer = _renderer(campaign, spec.run_id, spec.key, spec.sensitive)
     transport = _open_transport(campaign, spec.settings.concurrency, spec.transport_factory)
     fallback = _fallback(campaign)
@@ -259,24 +262,35 @@ async def _send(
             os._exit(128 + signum)
         pool.stop()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, graceful, signum)
+    if _STOPPED_EARLY:
+        graceful(signal.SIGTERM)
     watchdog = None
     if spec.parent_pid is not None:
         watchdog = asyncio.create_task(_orphan_watch(spec.parent_pid))
     try:
-        stats = await pool.run()
+        await pool.run()
     finally:
         if watchdog is not None:
             watchdog.cancel()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
         await transport.aclose()
         if fallback is not None:
             await fallback.aclose()
-    return stats.status
+    return stopped > 0
+
+
+_STOPPED_EARLY = False
+
+
+def _stop_early(signum: int, frame: Any) -> None:
+    # SIGTERM while a worker is still starting: remember it, stop as soon as the pool runs.
+    global _STOPPED_EARLY
+    _STOPPED_EARLY = True
 
 
 async def _orphan_watch(parent_pid: int) -> None:
@@ -290,6 +304,10 @@ async def _orphan_watch(parent_pid: int) -> None:
 
 def _worker_main(spec: _WorkerSpec, progress: Any) -> None:
     """Entry point of a worker process: send, reporting recorded batches on ``progress``."""
+    # Ctrl-C reaches the whole process group: the parent turns it into one SIGTERM per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_early)  # until the pool takes over the signal
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it stuck?
     install_uvloop()
     try:
         campaign = load_campaign(spec.campaign_path)
@@ -297,7 +315,10 @@ def _worker_main(spec: _WorkerSpec, progress: Any) -> None:
             Ledger.open(spec.db, migrate_schema=False) as ledger,
             ledger.campaign_lock(campaign.name, shared=True, wait=30),
         ):
-            asyncio.run(_send(spec, ledger, campaign, lambda delta: progress.put(dict(delta))))
+            report = lambda delta: progress.put(dict(delta))  # noqa: E731
+            coroutine = _send(spec, ledger, campaign, report, signals=(signal.SIGTERM,))
+            if asyncio.run(coroutine):
+                progress.put({"__stopped__": 1})
     except BlastError as exc:
         progress.put({"__error__": str(exc)})
         sys.exit(1)
@@ -307,7 +328,8 @@ def _split(value: int, parts: int) -> int:
     return max(1, math.ceil(value / parts))
 
 
-def _run_workers(spec: _WorkerSpec, workers: int, progress: RunProgress) -> None:
+def _run_workers(spec: _WorkerSpec, workers: int, progress: RunProgress) -> bool:
+    """Send with ``workers`` processes; True if a signal stopped them before the end."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     settings = spec.settings
@@ -327,6 +349,18 @@ def _run_workers(spec: _WorkerSpec, workers: int, progress: RunProgress) -> None
     for process in processes:
         process.start()
     errors: list[str] = []
+    stopped = False
+
+    def forward(signum: int, frame: Any) -> None:
+        # Stop gracefully: each worker finishes and records what it has in flight.
+        nonlocal stopped
+        stopped = True
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while any(p.is_alive() for p in processes) or not queue.empty():
             try:
@@ -336,15 +370,22 @@ def _run_workers(spec: _WorkerSpec, workers: int, progress: RunProgress) -> None
             if "__error__" in delta:
                 errors.append(delta["__error__"])
                 continue
+            if "__stopped__" in delta:
+                stopped = True
+                continue
             progress.update(delta)
     finally:
         for process in processes:
             process.join(timeout=30)
-    failed = [p for p in processes if p.exitcode != 0]
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    # A worker the forwarded SIGTERM reached before it could install its handler just ended.
+    failed = [p for p in processes if p.exitcode not in (0, -signal.SIGTERM if stopped else 0)]
     if errors:
         raise RunError(errors[0])
     if failed:
         raise RunError(f"{len(failed)} of {workers} worker processes failed")
+    return stopped
 
 
 def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[str, Any]:
@@ -372,17 +413,20 @@ def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[st
             if workers <= 1:
                 install_uvloop()
                 try:
-                    asyncio.run(_send(spec, ledger, campaign, progress.update))
+                    interrupted = asyncio.run(_send(spec, ledger, campaign, progress.update))
                 except StoreError as exc:
                     raise RunError(f"the run could not complete: {exc}") from exc
             else:
-                _run_workers(spec, workers, progress)
+                interrupted = _run_workers(spec, workers, progress)
         pending, _ = ledger.next_due(run.run_id)
         if pending == 0:
             ledger.finish_run(run.run_id)
         report = report_for_run(ledger, ledger.get_run(run.run_id) or run)
     report["workers"] = workers
+    report["interrupted"] = interrupted
     report["notes"] = notes
+    if interrupted:
+        notes.append("stopped by a signal; `blast run` again to continue this run")
     if pending:
         report["notes"].append(f"{pending} message(s) left for the next `blast run` of this run")
     return report

@@ -382,15 +382,17 @@ class SenderPool:
         coalesce = max(1, min(self.settings.batch_size, self.settings.concurrency // 4 or 1))
         try:
             while True:
-                await self._results_ready.wait()
-                self._results_ready.clear()
-                if 0 < len(self._results) < coalesce and not self._claiming_done:
-                    await asyncio.sleep(0.002)  # let a few more outcomes join this transaction
-                batch = self._results
-                if not batch:
+                # Look before waiting: the last outcomes and the end may both have been
+                # signalled while the previous batch was being written.
+                if not self._results:
                     if self._senders_done:
                         return
+                    self._results_ready.clear()
+                    await self._results_ready.wait()
                     continue
+                if len(self._results) < coalesce and not self._claiming_done:
+                    await asyncio.sleep(0.002)  # let a few more outcomes join this transaction
+                batch = self._results
                 self._results = []
                 await self._in_db(self.ledger.record, batch)
                 self._outstanding -= len(batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import re
 from email import policy
 from email.parser import BytesParser
@@ -212,3 +213,24 @@ def test_quoted_printable_handles_dots_equals_and_long_lines():
     check_lines(body + b"\r\n")
     assert body.startswith(b"=2E\r\n=3Dx\r\n")
     assert b"trailing=20" in body
+
+
+# Pieces that hit each quoted-printable rule: "=", a lone ".", spaces and tabs before a line
+# break, non-ASCII, control characters, and runs that cross the 76-column soft-break point
+# with an "=XX" escape straddling it.
+QP_PIECES = ["a", " ", "\t", ".", "=", "é", "😀", "\x00", "\x7f", "-", "\n", "\r", "\r\n",
+             "x" * 40, "=" * 30, "y" * 73, "z" * 75]  # fmt: skip
+QP_TEXT = st.lists(st.sampled_from(QP_PIECES), max_size=30).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=QP_TEXT, data=st.data())
+@example(text="y" * 73 + "=a" + "\n" + "z" * 75 + "=", data=None)
+def test_quoted_printable_is_b2a_qp_line_by_line(text, data):
+    """The cached, batched encoder writes the bytes of binascii.b2a_qp applied to each line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    seed = data.draw(st.sets(st.sampled_from(lines))) if data is not None else set(lines[:1])
+    expected = b"\r\n".join(
+        binascii.b2a_qp(line.encode("utf-8")).replace(b"\n", b"\r\n") for line in lines
+    )
+    assert mime.QPEncoder(seed).encode(text) == expected

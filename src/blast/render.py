@@ -313,12 +313,9 @@ class Renderer:
 
         self.fields = frozenset(_undeclared(trees) - PROVIDED - set(text_env.globals))
         self._dlp = DLPScanner((rule.name, rule.pattern) for rule in campaign.dlp)
-        # Template lines a DLP rule matches are left out of the cache, so they are checked
-        # (and blocked) in every message that contains them.
-        clean = self._dlp.first_match
         self._seeds = {"html": html_seed, "text": text_seed}
-        self._html_qp = mime.QPEncoder(line for line in html_seed if clean(line) is None)
-        self._text_qp = mime.QPEncoder(line for line in text_seed if clean(line) is None)
+        self._html_qp = mime.QPEncoder(html_seed)
+        self._text_qp = mime.QPEncoder(text_seed)
 
         # Tokens and URLs. Unsubscribe and view always per recipient; opens and clicks
         # aggregate-only (computed here, once) for a sensitive segment.
@@ -331,8 +328,6 @@ class Renderer:
             parse_address(campaign.reply_to)[1] if campaign.reply_to else from_address
         )
         self._mailto = f"mailto:{mailto}?subject=unsubscribe%20"
-        own = f"{re.escape(base)}/[cuov]/" if base else re.escape(self._mailto)
-        self._own_urls = re.compile(own + r"[A-Za-z0-9_-]+(?:\.gif)?")
         self._base = base
         statics: dict[str, Any] = dict(text_env.globals)
         statics["campaign"] = {
@@ -443,21 +438,17 @@ class Renderer:
             raise BlockedMessage(render_error(stage, exc)) from None
         dlp = self._dlp
         if dlp:
-            if headers:
-                for name, value in headers:
-                    dlp.check(name, value)
-            dlp.check("subject", f"{subject}\n{to_name}" if to_name else subject)
+            # Each part whole, as the recipient gets it: see blast.dlp for why that is cheap.
+            dlp.check("subject", subject)
+            if self._to_name is not None:
+                dlp.check("to_name", to_name)
+            for name, value in headers:
+                dlp.check(name, value)
+            if text is not None:
+                dlp.check("text", text)
+            if body is not None:
+                dlp.check("html", body)
         return RenderedParts(subject, to_name, text, body, tuple(headers), ctx["unsubscribe_url"])
-
-    def _body(self, part: str, encoder: mime.QPEncoder, text: str) -> bytes:
-        """Quoted-printable bytes of one body; DLP checks the lines that are not template text
-        (the static lines were checked once, when the encoder was seeded)."""
-        data, fresh = encoder.encode(text)
-        if self._dlp and fresh:
-            # blast's own tracking URLs carry no content: leave them out of the scan (they are
-            # most of the per-message text, and a token could look like a number by chance).
-            self._dlp.check(part, self._own_urls.sub(" ", "\n".join(fresh)))
-        return data
 
     def build(self, parts: RenderedParts, *, row_id: int, recipient: str, token: str) -> Message:
         """MIME bytes for rendered parts (``render`` = ``render_parts`` + ``build``)."""
@@ -485,10 +476,10 @@ class Renderer:
                 chunks.append(mime.unstructured(name, value))
             chunks.append(self._static_headers)
             if parts.text is not None:
-                chunks.append(self._body("text", self._text_qp, parts.text))
+                chunks.append(self._text_qp.encode(parts.text))
             chunks.append(self._between)
             if parts.html is not None:
-                chunks.append(self._body("html", self._html_qp, parts.html))
+                chunks.append(self._html_qp.encode(parts.html))
             chunks.append(self._end)
         except UnicodeEncodeError:
             raise BlockedMessage("render error: text that cannot be encoded as UTF-8") from None

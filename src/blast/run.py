@@ -254,11 +254,11 @@ async def _send(
     stopped = 0
 
     def graceful(signum: int) -> None:
-        # First signal: stop claiming, let in-flight messages finish and be recorded.
-        # Second: leave now (rows in flight are found `unknown` on resume).
+        # Stop claiming; messages in flight finish and are recorded. A second Ctrl-C leaves
+        # at once (rows in flight are then found `unknown` on resume); SIGTERM only repeats.
         nonlocal stopped
         stopped += 1
-        if stopped > 1:
+        if stopped > 1 and signum == signal.SIGINT:
             os._exit(128 + signum)
         pool.stop()
 
@@ -384,7 +384,8 @@ def _run_workers(spec: _WorkerSpec, workers: int, progress: RunProgress) -> bool
     if errors:
         raise RunError(errors[0])
     if failed:
-        raise RunError(f"{len(failed)} of {workers} worker processes failed")
+        codes = ", ".join(str(p.exitcode) for p in failed)
+        raise RunError(f"{len(failed)} of {workers} worker processes failed (exit {codes})")
     return stopped
 
 

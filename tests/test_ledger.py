@@ -332,3 +332,33 @@ def test_campaign_lock_across_processes(url: str, held: bool, wanted: bool, bloc
         # released when the holder is gone
         with ledger.campaign_lock("flu", wait=5) as lock:
             lock.downgrade()
+
+
+def test_frozen_fields_round_trip_with_their_types() -> None:
+    from blast.ledger import field_types, prepare_audience
+    from blast.sender import FieldDecoder
+
+    frame = pl.DataFrame(
+        {
+            "id": [2, 1],
+            "email": ["b@example.org", "a@example.org"],
+            "visit": [dt.date(2020, 1, 2), None],
+            "seen": [dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC), None],
+            "tags": [["flu", "copd"], []],
+            "score": [1.5, None],
+            "portal": [True, False],
+        }
+    )
+    fields = ["visit", "seen", "tags", "score", "portal"]
+    prepared = prepare_audience(frame, id_column="id", email_column="email", fields=fields)
+    decode = FieldDecoder(field_types(dict(frame.schema), fields))
+    values = [decode(text) for text in prepared["fields"]]
+    assert prepared["contact_id"].to_list() == ["1", "2"]  # ordered by contact id
+    assert values[1] == {
+        "visit": dt.date(2020, 1, 2),
+        "seen": dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC),
+        "tags": ["flu", "copd"],
+        "score": 1.5,
+        "portal": True,
+    }
+    assert values[0] == {"visit": None, "seen": None, "tags": [], "score": None, "portal": False}

@@ -18,6 +18,7 @@ from blast.ledger import Ledger
 from blast.run import RunOptions, dry_run, run_campaign
 from blast.transports import MemoryTransport
 from tests.campaign_files import write_campaign, write_contacts
+from tests.pg import pg_url  # noqa: F401  (fixture)
 
 REPORT_KEYS = {"campaign", "run_id", "recipients", "status", "tls", "engagement"}
 STATUS_KEYS = {
@@ -217,3 +218,14 @@ def test_run_refuses_what_validate_refuses(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "refusing to send" in result.output
     assert not (tmp_path / "c" / "outbox").exists()
+
+
+def test_dry_run_reads_suppressions_from_postgres(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    campaign = write_campaign(tmp_path / "c", n=6)
+    with Ledger.open(pg_url) as ledger:
+        ledger.suppress(["patient1@south.example"], "unsubscribe")
+        runs_before = ledger.latest_run("trial")
+    result = dry_run(campaign, RunOptions(db=pg_url.replace("postgresql+psycopg", "postgresql")))
+    assert result.status["suppressed"] == 1 and result.status["would_send"] == 5
+    with Ledger.open(pg_url) as ledger:
+        assert runs_before is None and ledger.latest_run("trial") is None  # nothing written

@@ -563,7 +563,9 @@ def _read_only_suppressions(url: str) -> set[str]:
             "sqlite://", creator=lambda: __import__("sqlite3").connect(ro, uri=True)
         )
     else:
-        engine = sa.create_engine(url)
+        from blast.ledger import create_engine
+
+        engine = create_engine(url)  # a server database: reading creates nothing
     try:
         with engine.connect() as conn:
             rows = conn.exec_driver_sql("SELECT address FROM suppressions").scalars()

@@ -902,6 +902,33 @@ def _store_errors() -> tuple[type[Exception], ...]:
     return _STORE_ERRORS
 
 
+def _address(email_column: str) -> pl.Expr:
+    address = pl.col(email_column).cast(pl.String).str.strip_chars()
+    return pl.when(address.str.contains("@", literal=True)).then(address).otherwise(None)
+
+
+def _prepared(
+    audience: pl.DataFrame | pl.LazyFrame,
+    *,
+    id_column: str,
+    email_column: str,
+    fields: Sequence[str],
+) -> pl.LazyFrame:
+    lazy = audience.lazy() if isinstance(audience, pl.DataFrame) else audience
+    wanted = [f for f in dict.fromkeys(fields) if f not in (id_column,)]
+    address = _address(email_column)
+    exprs = [
+        pl.col(id_column).cast(pl.String).alias("contact_id"),
+        address.alias("address"),
+        address.str.to_lowercase().alias("_key"),
+    ]
+    if wanted:
+        exprs.append(pl.struct([pl.col(f) for f in wanted]).struct.json_encode().alias("fields"))
+    else:
+        exprs.append(pl.lit("{}").alias("fields"))
+    return lazy.sort(id_column, maintain_order=True).select(exprs)
+
+
 def prepare_audience(
     audience: pl.DataFrame | pl.LazyFrame,
     *,
@@ -914,20 +941,8 @@ def prepare_audience(
     ``address`` is the trimmed address (null when empty or without ``@``), ``_key`` its lowercase
     form, ``fields`` the JSON object of just the template fields.
     """
-    lazy = audience.lazy() if isinstance(audience, pl.DataFrame) else audience
-    wanted = [f for f in dict.fromkeys(fields) if f not in (id_column,)]
-    address = pl.col(email_column).cast(pl.String).str.strip_chars()
-    address = pl.when(address.str.contains("@", literal=True)).then(address).otherwise(None)
-    exprs = [
-        pl.col(id_column).cast(pl.String).alias("contact_id"),
-        address.alias("address"),
-        address.str.to_lowercase().alias("_key"),
-    ]
-    if wanted:
-        exprs.append(pl.struct([pl.col(f) for f in wanted]).struct.json_encode().alias("fields"))
-    else:
-        exprs.append(pl.lit("{}").alias("fields"))
-    return lazy.sort(id_column, maintain_order=True).select(exprs).collect()
+    prepared = _prepared(audience, id_column=id_column, email_column=email_column, fields=fields)
+    return prepared.collect(engine="streaming")
 
 
 def freeze_audience(
@@ -940,29 +955,35 @@ def freeze_audience(
 ) -> tuple[pl.DataFrame, EnqueueCounts]:
     """The rows a run will hold (pure): see :func:`prepare_audience`, then rows without a usable
     address dropped, duplicate addresses (case-insensitive) dropped keeping the lowest contact
-    id, and ``status`` set: ``suppressed`` for suppressed addresses, else ``queued``."""
-    frame = prepare_audience(
-        audience, id_column=id_column, email_column=email_column, fields=fields
-    )
-    total_in = frame.height
-    frame = frame.filter(pl.col("address").is_not_null())
-    invalid = total_in - frame.height
-    frame = frame.unique(subset="_key", keep="first", maintain_order=True)
-    duplicates = total_in - invalid - frame.height
-    blocked = pl.DataFrame(
+    id, and ``status`` set: ``suppressed`` for suppressed addresses, else ``queued``.
+
+    One query on Polars' streaming engine, so a million contacts peak near the size of the
+    result rather than several copies of it.
+    """
+    lazy = audience.lazy() if isinstance(audience, pl.DataFrame) else audience
+    seen = lazy.select(
+        pl.len().alias("total"), _address(email_column).is_null().sum().alias("invalid")
+    ).collect()
+    total_in, invalid = int(seen["total"][0]), int(seen["invalid"][0])
+    blocked = pl.LazyFrame(
         {"_key": sorted({a.strip().lower() for a in suppressed}), "_suppressed": True},
         schema={"_key": pl.String, "_suppressed": pl.Boolean},
     )
     frame = (
-        frame.join(blocked, on="_key", how="left", maintain_order="left")
+        _prepared(lazy, id_column=id_column, email_column=email_column, fields=fields)
+        .filter(pl.col("address").is_not_null())
+        .unique(subset="_key", keep="first", maintain_order=True)
+        .join(blocked, on="_key", how="left", maintain_order="left")
         .with_columns(
             pl.when(pl.col("_suppressed"))
             .then(pl.lit(Status.SUPPRESSED.value))
             .otherwise(pl.lit(Status.QUEUED.value))
             .alias("status")
         )
-        .drop("_suppressed")
+        .drop("_suppressed", "_key")
+        .collect(engine="streaming")
     )
+    duplicates = total_in - invalid - frame.height
     n_suppressed = int((frame["status"] == Status.SUPPRESSED.value).sum())
     return frame, EnqueueCounts(frame.height, n_suppressed, duplicates, invalid)
 
@@ -987,7 +1008,7 @@ def _executemany_rows(conn: Connection, run_id: str, frame: pl.DataFrame, stamp:
     assert raw is not None
     cursor = raw.cursor()
     # The (run, address) index takes its inserts in random order: give it room in memory.
-    cursor.execute("PRAGMA cache_size = -131072")  # 128 MiB, this connection, this insert
+    cursor.execute("PRAGMA cache_size = -65536")  # 64 MiB, this connection, this insert
     sql = f"INSERT INTO deliveries ({', '.join(_INSERT_COLUMNS)}) VALUES (?, ?, ?, ?, 0, ?, ?, ?)"
     cols = frame.select(
         pl.lit(run_id).alias("run_id"),

@@ -489,7 +489,7 @@ def _start(ledger: Ledger, loaded: _Loaded, key: bytes, options: RunOptions) -> 
     renderer = _renderer(campaign, run_id, key, loaded.segment.sensitive)
     frame, id_column, email_column, types = _audience(loaded, renderer.fields, options.as_of)
     frozen, _counts = freeze_audience(
-        frame.collect(),
+        frame,  # lazy: one query projects, sorts and encodes (no extra copy)
         id_column=id_column,
         email_column=email_column,
         fields=sorted(renderer.fields),
@@ -585,7 +585,7 @@ def dry_run(path: str | Path, options: RunOptions | None = None) -> DryRun:
     renderer = _renderer(campaign, "dry-run", key, loaded.segment.sensitive)
     frame, id_column, email_column, types = _audience(loaded, renderer.fields, options.as_of)
     frozen, counts = freeze_audience(
-        frame.collect(),
+        frame,  # lazy: one query projects, sorts and encodes (no extra copy)
         id_column=id_column,
         email_column=email_column,
         fields=sorted(renderer.fields),

@@ -393,7 +393,9 @@ def run_command(
     json_output: bool = typer.Option(False, "--json", help="Print the report JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     new_run: bool = typer.Option(
-        False, "--new-run", help="Start a new run even if the campaign has an unfinished one."
+        False,
+        "--new-run",
+        help="Start a new run (needed once the last run finished; else it is resumed).",
     ),
     as_of: str | None = typer.Option(
         None, "--as-of", metavar="DATE", help="Date the segment's rules count from (today)."

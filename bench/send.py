@@ -1,6 +1,6 @@
 """Sending benchmark: blast against Postfix's smtp-source, a bare aiosmtplib loop and mailmerge.
 
-    .venv/bin/python bench/send.py                      # the full run (1M recipients), ~20 min
+    .venv/bin/python bench/send.py                      # the full run (1M recipients), ~12 min
     .venv/bin/python bench/send.py --quick              # a smoke run with small counts, ~2 min
     .venv/bin/python bench/send.py --only plain,resume  # some scenarios only
 

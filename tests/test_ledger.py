@@ -362,3 +362,33 @@ def test_frozen_fields_round_trip_with_their_types() -> None:
         "portal": True,
     }
     assert values[0] == {"visit": None, "seen": None, "tags": [], "score": None, "portal": False}
+
+
+def test_report_counts_match_the_per_status_and_tls_queries(ledger: Ledger) -> None:
+    """One grouped count per run, even when another run's rows sit inside its id range."""
+    tls = TLSEvidence(host="relay.example", version="TLSv1.3", bits=256, trust=Trust.VERIFIED)
+    start(ledger, "run-1")
+    ledger.enqueue("run-1", audience(3), id_column="id", email_column="email", fields=[])
+    start(ledger, "run-2")
+    ledger.enqueue("run-2", audience(2), id_column="id", email_column="email", fields=[])
+    ledger.enqueue(
+        "run-1", audience(4, domain="b.example"), id_column="id", email_column="email", fields=[]
+    )
+    rows = sorted(ledger.claim("run-1", 5), key=lambda r: r.id)
+    ledger.record(
+        [
+            Result(rows[0].id, Status.SENT, code=250, tls=tls),
+            Result(rows[1].id, Status.SENT, code=250),
+            Result(rows[2].id, Status.SENT, code=250, tls=tls),
+            Result(rows[3].id, Status.BOUNCED, code=550, tls=tls),
+        ]
+    )  # rows[4] stays sending, two rows queued
+    ledger.record([Result(r.id, Status.SENT, code=250) for r in ledger.claim("run-2", 1)])
+    for run_id in ("run-1", "run-2", "run-3"):
+        status, by_tls = ledger.report_counts(run_id)
+        assert status == ledger.status_counts(run_id)
+        assert by_tls == ledger.tls_counts(run_id)
+    assert ledger.report_counts("run-1") == (
+        {"sent": 3, "bounced": 1, "sending": 1, "queued": 2},
+        {"TLSv1.3": 2, "none": 1},
+    )

@@ -66,7 +66,7 @@ def empty_engagement() -> dict[str, int]:
 
 def report_for_run(ledger: Ledger, run: RunInfo) -> dict[str, Any]:
     """The report of one run, read from the ledger."""
-    counts = ledger.status_counts(run.run_id)
+    counts, tls = ledger.report_counts(run.run_id)
     status = {s.value: int(counts.get(s.value, 0)) for s in REPORT_STATUSES}
     # Rows still queued or in flight are shown too, so the numbers always add up.
     for extra in (Status.QUEUED, Status.SENDING):
@@ -77,7 +77,7 @@ def report_for_run(ledger: Ledger, run: RunInfo) -> dict[str, Any]:
         "run_id": run.run_id,
         "recipients": sum(int(n) for n in counts.values()),
         "status": status,
-        "tls": dict(sorted(ledger.tls_counts(run.run_id).items())),
+        "tls": dict(sorted(tls.items())),
         "engagement": empty_engagement(),
         "started_at": run.started_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,

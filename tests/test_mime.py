@@ -8,7 +8,7 @@ from email import policy
 from email.parser import BytesParser
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from blast import mime
@@ -41,13 +41,14 @@ TRICKY = st.sampled_from(
     ]
 )
 NAME = st.one_of(TRICKY, HEADER_TEXT)
-NOTE = st.one_of(
-    TRICKY,
-    BODY_TEXT,
-    st.lists(st.sampled_from([".", "=", "..", "=3D", " ", "From x", "x" * 300, "é" * 90])).map(
-        "\n".join
-    ),
-)
+# ASCII notes, bare CR and NUL included, so the 7bit path and its refusals are both drawn.
+ASCII_TEXT = st.text(alphabet=st.characters(max_codepoint=127), max_size=400)
+LINES = st.lists(
+    st.sampled_from(
+        [".", "=", "..", "=3D", " ", "From x", "x" * 300, "x" * 700, "x" * 993, "x" * 994, "é" * 90]
+    )
+).map("\n".join)
+NOTE = st.one_of(TRICKY, BODY_TEXT, ASCII_TEXT, LINES)
 
 HTML = (
     "<html><body><p>Dear {{ first_name }} {{ last_name }}</p>\n<pre>{{ note }}</pre>\n"
@@ -84,12 +85,31 @@ def normalise(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def fits_7bit(body: str, boundary: str) -> bool:
+    """The rule, spelled out: ASCII, no NUL, CR only in CRLF, lines <= 998, no boundary."""
+    lines = body.replace("\r\n", "\n").split("\n")
+    return (
+        all(ord(c) < 128 for c in body)
+        and "\0" not in body
+        and not any("\r" in line for line in lines)
+        and all(len(line.encode()) <= 998 for line in lines)
+        and boundary not in body
+    )
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(first=NAME, last=NAME, note=NOTE)
 @example(first="=?utf-8?b?SGk=?=", last=" x  y ", note=".\n=\n.")
-@example(first="", last="", note="")
+@example(first="", last="", note="")  # 7bit
+@example(first="Ana", last="Lima", note=".\nFrom x\r\n..\n" + "x" * 700)  # 7bit
+@example(first="Ana", last="Lima", note="x" * 993)  # 7bit: the HTML line is 998 octets
+@example(first="Ana", last="Lima", note="x" * 994)  # quoted-printable: the HTML line is 999
+@example(first="Ana", last="Lima", note="x" * 2000)  # quoted-printable: a 2000-char word
+@example(first="Zoë", last="Lima", note="")  # quoted-printable: non-ASCII
+@example(first="Ana", last="Lima", note="a\rb")  # quoted-printable: a lone CR
+@example(first="Ana", last="Lima", note="a\0b")  # quoted-printable: a NUL
 def test_round_trip(round_trip_renderer, first, last, note):
     r = round_trip_renderer
     contact = {"first_name": first, "last_name": last, "note": note}
@@ -108,10 +128,37 @@ def test_round_trip(round_trip_renderer, first, last, note):
     assert parsed["Message-ID"] == f"<{message.message_id}>"
     text = parsed.get_body(("plain",))
     html = parsed.get_body(("html",))
-    assert text["Content-Transfer-Encoding"] == "quoted-printable"
-    assert normalise(text.get_content()) == normalise(parts.text)
-    assert normalise(html.get_content()) == normalise(parts.html)
+    for part, body in ((text, parts.text), (html, parts.html)):
+        seven = fits_7bit(body, parsed.get_boundary())
+        event("7bit" if seven else "quoted-printable")
+        assert part["Content-Transfer-Encoding"] == ("7bit" if seven else "quoted-printable")
+        assert normalise(part.get_content()) == normalise(body)
     assert f"Dear {first} {last}" in normalise(text.get_content())
+
+
+CONTACT = {"first_name": "Ana", "last_name": "Lima", "note": ""}
+
+
+def test_a_body_holding_the_boundary_is_sent_quoted_printable(round_trip_renderer):
+    r = round_trip_renderer
+    probe = r.render(row_id=1, recipient="pat@example.org", context=CONTACT)
+    boundary = BytesParser(policy=policy.default).parsebytes(probe.data).get_boundary()
+    note = f"before\n--{boundary}\nContent-Type: text/plain\n\nafter\n--{boundary}--"
+    contact = {**CONTACT, "note": note}
+    parsed = BytesParser(policy=policy.default).parsebytes(
+        r.render(row_id=1, recipient="pat@example.org", context=contact).data
+    )
+    assert not parsed.defects
+    assert [p["Content-Transfer-Encoding"] for p in parsed.iter_parts()] == ["quoted-printable"] * 2
+    assert note in normalise(parsed.get_body(("plain",)).get_content())
+
+
+def test_an_ascii_message_goes_out_7bit_with_dots_and_from_lines_as_they_are(tmp_path):
+    r = renderer(tmp_path, text=".\nFrom {{ first_name }}\n{{ unsubscribe_url }}\n")
+    data = r.render(row_id=1, recipient="a@example.org", context={"first_name": "Ana"}).data
+    check_lines(data)
+    assert b"Content-Transfer-Encoding: 7bit\r\n\r\n.\r\nFrom Ana\r\n" in data
+    assert b"quoted-printable" not in data
 
 
 def test_same_run_and_recipient_give_the_same_message_id(tmp_path):
@@ -234,3 +281,28 @@ def test_quoted_printable_is_b2a_qp_line_by_line(text, data):
         binascii.b2a_qp(line.encode("utf-8")).replace(b"\n", b"\r\n") for line in lines
     )
     assert mime.QPEncoder(seed).encode(text) == expected
+
+
+SEVEN_BIT_PIECES = ["a", ".", "From ", "=", "\t", "\n", "\r", "\r\n", "\x00", "é", "x" * 250,
+                    "x" * 499, "x" * 500, "x" * 998]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=st.lists(st.sampled_from(SEVEN_BIT_PIECES), max_size=12).map("".join))
+@example(text="x" * 998)
+@example(text="x" * 999)
+@example(text="\n" + "x" * 998 + "\n" + "x" * 998)
+@example(text="x" * 499 + "\n" + "x" * 999)
+def test_seven_bit_is_the_rule_and_keeps_the_text(text):
+    """7bit exactly when the rule allows; then the bytes are the text with CRLF line endings."""
+    data = mime.seven_bit(text, "=_b")
+    if not fits_7bit(text, "=_b"):
+        assert data is None
+        return
+    assert data == normalise(text).replace("\n", "\r\n").encode("ascii")
+    encoder = mime.BodyEncoder(boundary="=_b")
+    assert encoder.encode(text) == (mime.SEVEN_BIT, data)
+    assert encoder.encode(text + "=_b") == (
+        mime.QUOTED_PRINTABLE,
+        mime.qp_encode(text + "=_b"),
+    )

@@ -5,6 +5,9 @@ Everything here returns bytes with CRLF line endings and no line over 998 octets
 - ``unstructured(name, value)``: a header line; raw when the value is plain printable ASCII,
   RFC 2047 encoded words (UTF-8, base64) otherwise, folded to stay short.
 - ``mailbox(name, address)``: ``"Display Name" <user@example.org>`` (encoded words if needed).
+- ``BodyEncoder``: a body part's ``Content-Transfer-Encoding`` header and bytes: 7bit when
+  ``seven_bit`` allows (ASCII, no NUL, no lone CR, lines <= 998 octets, no multipart boundary),
+  quoted-printable otherwise. 7bit costs a few C passes; dot-stuffing is the transport's job.
 - ``QPEncoder``: quoted-printable bodies (``binascii.b2a_qp``, C) with a per-line cache seeded
   from a template's static lines: quoted-printable is line-local, so a line that is the same in
   every message is encoded once per run.
@@ -29,6 +32,9 @@ from blast.errors import BlockedMessage
 
 __all__ = [
     "CRLF",
+    "QUOTED_PRINTABLE",
+    "SEVEN_BIT",
+    "BodyEncoder",
     "QPEncoder",
     "check_header",
     "display_name",
@@ -37,10 +43,17 @@ __all__ = [
     "mailbox",
     "message_id",
     "qp_encode",
+    "seven_bit",
     "unstructured",
 ]
 
 CRLF = b"\r\n"
+SEVEN_BIT = b"Content-Transfer-Encoding: 7bit\r\n\r\n"
+QUOTED_PRINTABLE = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+_MAX_LINE = 998  # octets, CRLF excluded (RFC 5322 2.1.1)
+# Any run of 999 bytes without a newline holds a whole 500-byte block aligned on a multiple of
+# 500, so a newline in every aligned block proves every line short.
+_LINE_BLOCK = 500
 _WORD_BYTES = 45  # 45 bytes -> 60 base64 chars -> a 72-char encoded word (RFC 2047: <= 75)
 _FOLD_AT = 78
 _NAME_ASCII = 200
@@ -170,6 +183,56 @@ def http_date(now: float | None = None) -> bytes:
     if _date_cache[0] != second:
         _date_cache = (second, formatdate(second, localtime=False, usegmt=True).encode("ascii"))
     return _date_cache[1]
+
+
+def seven_bit(text: str, boundary: str = "") -> bytes | None:
+    """The body as 7bit bytes with CRLF line endings, or None when 7bit cannot carry it: text
+    that is not ASCII, holds a NUL or a CR that is not part of CRLF, has a line over 998 octets,
+    or contains ``boundary`` (the multipart boundary, which quoted-printable never produces).
+
+    Lines starting with "." or "From " are left alone: dot-stuffing is the SMTP transport's job.
+    """
+    if not text.isascii() or "\0" in text or (boundary and boundary in text):
+        return None
+    data = text.encode("ascii")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+        if b"\r" in data:
+            return None
+    if len(data) > _MAX_LINE and not _short_lines(data):
+        return None
+    return data.replace(b"\n", CRLF)
+
+
+def _short_lines(data: bytes) -> bool:
+    """No newline-separated line of ``data`` is over 998 bytes: one ``find`` per 500 bytes, and
+    a split only when a block has no newline (a line of 500 bytes or more)."""
+    find = data.find
+    for start in range(0, len(data) - _LINE_BLOCK + 1, _LINE_BLOCK):
+        if find(b"\n", start, start + _LINE_BLOCK) < 0:
+            return max(map(len, data.split(b"\n"))) <= _MAX_LINE
+    return True
+
+
+class BodyEncoder:
+    """One body part per message as (``Content-Transfer-Encoding`` header and blank line, body):
+    7bit when ``seven_bit`` allows, else quoted-printable with the per-run line cache
+    (``QPEncoder(seed)``). ``boundary`` is the multipart boundary the part sits between, if any.
+    """
+
+    __slots__ = ("_boundary", "_qp")
+
+    def __init__(self, seed: Iterable[str] = (), *, boundary: str = "") -> None:
+        self._qp = QPEncoder(seed)
+        self._boundary = boundary
+
+    def encode(self, text: str) -> tuple[bytes, bytes]:
+        """The part's transfer-encoding header (``SEVEN_BIT`` or ``QUOTED_PRINTABLE``, each
+        ending in the blank line) and its body bytes."""
+        data = seven_bit(text, self._boundary)
+        if data is not None:
+            return SEVEN_BIT, data
+        return QUOTED_PRINTABLE, self._qp.encode(text)
 
 
 class QPEncoder:

@@ -18,7 +18,8 @@ Everything that can be done once is done once per run: templates are compiled; t
 template's literal ``http(s)`` links in ``<a>``/``<area>`` are found in the template source and
 replaced by per-message tracked URLs (``{base_url}/c/{token}``); the open pixel
 (``{base_url}/o/{token}.gif``) goes before ``</body>``; static header bytes are prebuilt; the
-templates' static lines are quoted-printable-encoded once.
+templates' static lines are quoted-printable-encoded once. A body part goes out 7bit when it can
+(ASCII, short lines: ``mime.seven_bit``), else quoted-printable.
 
 Unsubscribe: with ``tracking.base_url`` the link is ``{base_url}/u/{token}`` and
 ``List-Unsubscribe`` carries it and a mailto, with ``List-Unsubscribe-Post:
@@ -314,8 +315,6 @@ class Renderer:
         self.fields = frozenset(_undeclared(trees) - PROVIDED - set(text_env.globals))
         self._dlp = DLPScanner((rule.name, rule.pattern) for rule in campaign.dlp)
         self._seeds = {"html": html_seed, "text": text_seed}
-        self._html_qp = mime.QPEncoder(html_seed)
-        self._text_qp = mime.QPEncoder(text_seed)
 
         # Tokens and URLs. Unsubscribe and view always per recipient; opens and clicks
         # aggregate-only (computed here, once) for a sensitive segment.
@@ -365,11 +364,12 @@ class Renderer:
             static.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         static += [h.static for h in self._headers if h.template is None]
         static.append(b"MIME-Version: 1.0\r\n")
-        # "=_" cannot occur in quoted-printable text, so the boundary never collides with a body.
+        # "=_" cannot occur in quoted-printable text, and a body that contains the boundary is
+        # not sent 7bit (mime.seven_bit), so the boundary never collides with a body. Each part's
+        # Content-Transfer-Encoding header comes per message, after its Content-Type.
         boundary = b"=_blast_" + mime.message_id(run_id, "", "x").split("@")[0][:16].encode()
-        part_head = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        text_head = b"Content-Type: text/plain; charset=utf-8\r\n" + part_head
-        html_head = b"Content-Type: text/html; charset=utf-8\r\n" + part_head
+        text_head = b"Content-Type: text/plain; charset=utf-8\r\n"
+        html_head = b"Content-Type: text/html; charset=utf-8\r\n"
         if self._html is not None and self._text is not None:
             static.append(
                 b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n'
@@ -377,10 +377,14 @@ class Renderer:
             )
             self._between = b"\r\n--" + boundary + b"\r\n" + html_head
             self._end = b"\r\n--" + boundary + b"--\r\n"
+            inside = boundary.decode("ascii")
         else:
             static.append(html_head if self._html is not None else text_head)
             self._between = b""
             self._end = b"\r\n"
+            inside = ""
+        self._html_body = mime.BodyEncoder(html_seed, boundary=inside)
+        self._text_body = mime.BodyEncoder(text_seed, boundary=inside)
         self._static_headers = b"".join(static)
         self._dynamic_headers = [h for h in self._headers if h.template is not None]
 
@@ -476,10 +480,10 @@ class Renderer:
                 chunks.append(mime.unstructured(name, value))
             chunks.append(self._static_headers)
             if parts.text is not None:
-                chunks.append(self._text_qp.encode(parts.text))
+                chunks += self._text_body.encode(parts.text)
             chunks.append(self._between)
             if parts.html is not None:
-                chunks.append(self._html_qp.encode(parts.html))
+                chunks += self._html_body.encode(parts.html)
             chunks.append(self._end)
         except UnicodeEncodeError:
             raise BlockedMessage("render error: text that cannot be encoded as UTF-8") from None

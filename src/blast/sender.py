@@ -2,8 +2,12 @@
 
 One pool per worker process, on one asyncio loop (uvloop when installed)::
 
-    claimer ──claim(batch)──> queue ──> N senders: render, per-domain limit, rate limit,
-                                         transport.send ──> results ──> recorder: record(batch)
+    claimer ──claim(batch)──> queue of chunks ──> senders: render a chunk,
+        transport.send_many(chunk) ──> results ──> recorder: record(batch)
+
+A sender hands its whole chunk to the transport at once: no task, future or await per message
+in the pool. Under a rate limit or a binding per-domain limit, messages go one by one instead
+(``transport.send`` per message, a task each).
 
 Exactly-once intent: the claimer never holds more rows in ``sending`` than ``concurrency`` (a
 row's slot is freed only once its outcome is committed), so after a ``kill -9`` at most
@@ -198,7 +202,12 @@ class SenderPool:
         self._limiter = RateLimiter(settings.rate_per_second)
         self._domains: dict[str, asyncio.Semaphore] = {}
         self._domain_bound = settings.per_domain_connections < settings.concurrency
-        self._queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[Claimed] | None] = asyncio.Queue()
+        # A sender takes a chunk of claimed rows and hands them to the transport in one
+        # ``send_many`` (no task or await per message); the rate limit and the per-domain limit
+        # need one message at a time, so with either in force a chunk goes message by message.
+        self._chunk = max(1, min(settings.batch_size, settings.concurrency // 4 or 1))
+        self._one_by_one = self._domain_bound or self._limiter.interval > 0
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
         self._slots_freed = asyncio.Event()
@@ -265,8 +274,9 @@ class SenderPool:
             if rows:
                 self._outstanding += len(rows)
                 self.stats.claimed += len(rows)
-                for row in rows:
-                    self._queue.put_nowait(row)
+                step = self._chunk
+                for start in range(0, len(rows), step):
+                    self._queue.put_nowait(rows[start : start + step])
                 continue
             if self._outstanding > 0:
                 # Outcomes still coming may defer rows that come due soon: wait for them.
@@ -303,29 +313,70 @@ class SenderPool:
     async def _sender(self) -> None:
         queue = self._queue
         while True:
-            row = await queue.get()
-            if row is None:
+            rows = await queue.get()
+            if rows is None:
                 return
-            try:
-                result = await self._deliver(row)
-            except Exception as exc:  # never leave a row without an outcome
-                result = Result(
-                    row.id,
-                    Status.DEFERRED,
-                    reply=f"internal error: {type(exc).__name__}",
-                    next_attempt_at=self.retry.next_attempt(
-                        row.attempts, row.first_attempt_at, now()
-                    ),
-                )
-                if result.next_attempt_at is None:
-                    result = Result(row.id, Status.FAILED, reply=result.reply)
-            self._results.append(result)  # the recorder swaps the list: don't cache it
+            if self._one_by_one:
+                results = await asyncio.gather(*(self._deliver_one(row) for row in rows))
+            else:
+                results = await self._deliver_chunk(rows)
+            self._results.extend(results)  # the recorder swaps the list: don't cache it
             self._results_ready.set()
 
-    async def _deliver(self, row: Claimed) -> Result:
-        self.stats.attempted += 1
+    async def _deliver_one(self, row: Claimed) -> Result:
         try:
-            message = self.renderer.render(
+            return await self._deliver(row)
+        except Exception as exc:  # never leave a row without an outcome
+            return self._internal_error(row, exc)
+
+    def _internal_error(self, row: Claimed, exc: Exception) -> Result:
+        reply = f"internal error: {type(exc).__name__}"
+        retry_at = self.retry.next_attempt(row.attempts, row.first_attempt_at, now())
+        if retry_at is None:
+            return Result(row.id, Status.FAILED, reply=reply)
+        return Result(row.id, Status.DEFERRED, reply=reply, next_attempt_at=retry_at)
+
+    async def _deliver_chunk(self, rows: list[Claimed]) -> list[Result]:
+        """Render a chunk, send what rendered in one ``send_many``, resolve each outcome."""
+        self.stats.attempted += len(rows)
+        results: list[Result | None] = [None] * len(rows)
+        to_send: list[int] = []
+        messages: list[Message] = []
+        for i, row in enumerate(rows):
+            try:
+                message_or_result = self._render(row)
+            except Exception as exc:
+                results[i] = self._internal_error(row, exc)
+                continue
+            if isinstance(message_or_result, Result):
+                results[i] = message_or_result
+            else:
+                to_send.append(i)
+                messages.append(message_or_result)
+        if messages:
+            try:
+                outcomes = await self.transport.send_many(messages)
+            except Exception as exc:  # a transport should not raise; treat it as temporary
+                failed = Outcome(
+                    status=Status.DEFERRED, reply=f"transport error: {type(exc).__name__}"
+                )
+                outcomes = [failed] * len(messages)
+            for i, message, outcome in zip(to_send, messages, outcomes, strict=True):
+                row = rows[i]
+                status = outcome.status
+                try:
+                    if status in _FINAL or status is Status.BLOCKED:
+                        results[i] = _result(row.id, status, outcome)
+                    else:
+                        results[i] = await self._resolve(row, message, outcome)
+                except Exception as exc:
+                    results[i] = self._internal_error(row, exc)
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _render(self, row: Claimed) -> Message | Result:
+        """The row's message, or its ``blocked`` result when the renderer refuses it."""
+        try:
+            return self.renderer.render(
                 row_id=row.id, recipient=row.address, context=self.decode(row.fields)
             )
         except BlockedMessage as exc:
@@ -335,6 +386,12 @@ class SenderPool:
             return Result(
                 row.id, Status.BLOCKED, blocked_reason=f"render error: {type(exc).__name__}"
             )
+
+    async def _deliver(self, row: Claimed) -> Result:
+        self.stats.attempted += 1
+        message = self._render(row)
+        if isinstance(message, Result):
+            return message
         if self._domain_bound:
             domain = row.address.rpartition("@")[2].lower()
             gate = self._domains.get(domain)

@@ -36,7 +36,7 @@ from blast.config import TLSMode, TransportSpec
 from blast.delivery import Message, Outcome, Status, TLSEvidence, Trust
 from blast.errors import ConfigError, DeliveryError
 from blast.tls.policy import RULES, client_context
-from blast.transports.smtp import Job, NoTLS, Session, TLSFailure, finish
+from blast.transports.smtp import Batch, Job, NoTLS, Session, TLSFailure, finish
 
 __all__ = ["RelayTransport"]
 
@@ -119,8 +119,12 @@ class RelayTransport:
 
     async def send_many(self, messages: Sequence[Message]) -> list[Outcome]:
         """Deliver a batch over the pool; one ``Outcome`` per message, in order."""
-        futures = [self._enqueue(message) for message in messages]
-        return list(await asyncio.gather(*futures))
+        if not messages:
+            return []
+        batch = Batch(asyncio.get_running_loop().create_future(), len(messages))
+        for index, message in enumerate(messages):
+            self._put(Job(message, None, batch=batch, index=index))
+        return await batch.future
 
     async def aclose(self) -> None:
         """Say QUIT on every connection. Messages still waiting are answered ``deferred``."""
@@ -136,16 +140,19 @@ class RelayTransport:
     # -- the pool -----------------------------------------------------------------------------
 
     def _enqueue(self, message: Message) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._put(Job(message, future))
+        return future
+
+    def _put(self, job: Job) -> None:
         if self._closed:
             raise RuntimeError("RelayTransport used after aclose()")
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         queue = self._queue
-        queue.put_nowait(Job(message, future))
+        queue.put_nowait(job)
         if self._idle < queue.qsize() and len(self._workers) < self._concurrency:
             task = asyncio.get_running_loop().create_task(self._work())
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
-        return future
 
     def _more(self) -> Job | None:
         queue = self._queue

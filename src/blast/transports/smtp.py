@@ -103,7 +103,9 @@ def wire_data(data: bytes) -> bytes:
     crlf = data.count(b"\r\n")
     if data.count(b"\n") != crlf or data.count(b"\r") != crlf or not data.endswith(b"\r\n"):
         data = normalize_message_line_endings(data)
-    if data.startswith(b".") or b"\n." in data:
+    # Every LF now follows a CR, so a line starting with "." shows as CRLF "." (or at the very
+    # start): the three-byte needle lets bytes.find skip ahead faster than b"\n." would.
+    if data.startswith(b".") or b"\r\n." in data:
         data = PERIOD_REGEX.sub(b"..", data)
     return data + b".\r\n"
 
@@ -227,22 +229,54 @@ class PipeliningProtocol(SMTPProtocol):
 # The session
 
 
+class Batch:
+    """The outcomes of one ``send_many`` call: a single future for the whole batch, resolved
+    once every job in it is finished (no future, callback or gather per message)."""
+
+    __slots__ = ("future", "left", "outcomes")
+
+    def __init__(self, future: asyncio.Future[list[Outcome]], size: int) -> None:
+        self.future = future
+        self.left = size
+        self.outcomes: list[Outcome | None] = [None] * size
+
+
 class Job:
-    """One message waiting for its outcome; ``fail`` is the outcome if it is not retried."""
+    """One message waiting for its outcome; ``fail`` is the outcome if it is not retried.
 
-    __slots__ = ("attempts", "fail", "future", "message")
+    The outcome goes to ``future``, or to slot ``index`` of ``batch`` when the job is part of
+    one."""
 
-    def __init__(self, message: Message, future: asyncio.Future[Outcome]) -> None:
+    __slots__ = ("attempts", "batch", "fail", "future", "index", "message")
+
+    def __init__(
+        self,
+        message: Message,
+        future: asyncio.Future[Outcome] | None,
+        *,
+        batch: Batch | None = None,
+        index: int = 0,
+    ) -> None:
         self.message = message
         self.future = future
+        self.batch = batch
+        self.index = index
         self.attempts = 0
         self.fail: Outcome | None = None
 
 
 def finish(job: Job, outcome: Outcome) -> None:
-    """Resolve a job's future unless its caller has gone (cancelled)."""
-    if not job.future.done():
-        job.future.set_result(outcome)
+    """Hand a job its outcome (once), unless its caller has gone (cancelled)."""
+    batch = job.batch
+    if batch is None:
+        if job.future is not None and not job.future.done():
+            job.future.set_result(outcome)
+        return
+    if batch.outcomes[job.index] is None:
+        batch.outcomes[job.index] = outcome
+        batch.left -= 1
+        if not batch.left and not batch.future.done():
+            batch.future.set_result(batch.outcomes)  # type: ignore[arg-type]  # all set now
 
 
 class Session:

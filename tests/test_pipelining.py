@@ -180,3 +180,20 @@ def test_an_unexpected_positive_reply_before_the_data_is_never_a_delivery():
     assert refusal_outcome(SMTPResponse(451, "later"), None).status is Status.DEFERRED
     assert refusal_outcome(SMTPResponse(550, "no"), None).status is Status.BOUNCED
     assert refusal_outcome(SMTPResponse(530, "auth first"), None).status is Status.DEFERRED
+
+
+async def test_a_cancelled_batch_does_not_disturb_the_next():
+    """send_many waits on one future per batch: cancelling it leaves the pool working."""
+    async with SMTPTestServer(tls=ServerTLS.NONE) as server:
+        spec = TransportSpec(host=server.host, port=server.port, timeout=5)
+        relay = RelayTransport(spec, TLSMode.NONE, concurrency=2)
+        first = asyncio.ensure_future(relay.send_many([_message(n) for n in range(6)]))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        outcomes = await relay.send_many([_message(n) for n in range(6, 10)])
+        assert await relay.send_many([]) == []
+        await relay.aclose()
+    assert [o.status for o in outcomes] == [Status.SENT] * 4
+    assert {f"p{n}@example.test" for n in range(6, 10)} <= {r.rcpt_tos[0] for r in server.received}

@@ -536,6 +536,19 @@ class Session:
         self.close()
         job.fail = Outcome(status=Status.DEFERRED, code=code, reply=reason, tls=self.evidence)
 
+    def _lost_after_data(self, job: Job, on_hold: list[Job]) -> None:
+        """The connection broke after ``job``'s content went out: the next hop may have it."""
+        self.close()
+        finish(
+            job,
+            Outcome(
+                status=Status.DEFERRED,
+                reply="connection lost or timed out after the message data",
+                tls=self.evidence,
+            ),
+        )
+        on_hold.remove(job)
+
     async def deliver(
         self, job: Job, more: Callable[[], Job | None], on_hold: list[Job]
     ) -> Job | None:
@@ -605,20 +618,9 @@ class Session:
                     await proto.drain()
                     final = await read(timeout)
                 except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, OSError):
-                    self.close()
-                    finish(
-                        current,
-                        Outcome(
-                            status=Status.DEFERRED,
-                            reply="connection lost or timed out after the message data",
-                            tls=self.evidence,
-                        ),
-                    )
-                    on_hold.remove(current)
+                    self._lost_after_data(current, on_hold)
                     if nxt is not None:
-                        nxt.fail = Outcome(
-                            status=Status.DEFERRED, reply="connection lost", tls=self.evidence
-                        )
+                        self._lost(nxt, "connection lost")
                     return nxt
                 finish(current, outcome_for_reply(final, self.evidence))
                 on_hold.remove(current)
@@ -701,16 +703,7 @@ class Session:
                     await proto.drain()
                     final = await proto.read_response(timeout)
                 except (SMTPServerDisconnected, SMTPTimeoutError, SMTPResponseException, OSError):
-                    self.close()
-                    finish(
-                        current,
-                        Outcome(
-                            status=Status.DEFERRED,
-                            reply="connection lost or timed out after the message data",
-                            tls=self.evidence,
-                        ),
-                    )
-                    on_hold.remove(current)
+                    self._lost_after_data(current, on_hold)
                     return None
                 finish(current, outcome_for_reply(final, self.evidence))
                 if final.code == 421:

@@ -5,6 +5,7 @@ on stderr and exit code 2; no traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import sys
 from collections.abc import Callable
@@ -55,6 +56,16 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def parse_as_of(value: str | None) -> dt.date | None:
+    """The ``--as-of`` option as a date (None when not given); a bad one is a usage error."""
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {value!r}") from None
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"blast {__version__}")
@@ -100,18 +111,13 @@ def generate_contacts_command(
 
         blast generate contacts --rows 10000 --out data/contacts.parquet --seed 7
     """
-    import datetime as dt
     import time
     from pathlib import Path
 
-    from blast.generate import generate_contacts
+    from blast.generate import AS_OF, generate_contacts
 
-    try:
-        as_of_date = dt.date.fromisoformat(as_of)
-    except ValueError:
-        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {as_of!r}") from None
     started = time.perf_counter()
-    path = generate_contacts(rows, Path(out), seed=seed, as_of=as_of_date)
+    path = generate_contacts(rows, Path(out), seed=seed, as_of=parse_as_of(as_of) or AS_OF)
     elapsed = time.perf_counter() - started
     typer.echo(f"wrote {rows:,} contacts to {path} in {elapsed:.1f}s", err=True)
 
@@ -137,15 +143,11 @@ _JSON_OPT = typer.Option(False, "--json", help="Print JSON on stdout.")
 
 def _prepare_segment(segment_path: str, contacts_path: str, as_of: str | None) -> Any:
     """Load the segment and the contacts and plan the segment over them (for the commands)."""
-    import datetime as dt
 
     from blast.contacts import load_contacts
     from blast.segments import load_segment, prepare
 
-    try:
-        as_of_date = dt.date.fromisoformat(as_of) if as_of else dt.date.today()
-    except ValueError:
-        raise ConfigError("--as-of: not a date (expected YYYY-MM-DD)") from None
+    as_of_date = parse_as_of(as_of) or dt.date.today()
     segment = load_segment(segment_path)
     return prepare(segment, load_contacts(contacts_path), as_of=as_of_date)
 
@@ -288,14 +290,10 @@ def validate_command(
 
         blast validate campaigns/flu-shot.yml --samples 50
     """
-    import datetime as dt
 
     from blast.compliance import validate_campaign
 
-    try:
-        day = dt.date.fromisoformat(as_of) if as_of else None
-    except ValueError:
-        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {as_of!r}") from None
+    day = parse_as_of(as_of)
     findings = validate_campaign(campaign, samples=samples, as_of=day)
     for finding in findings:
         typer.echo(str(finding))
@@ -327,14 +325,10 @@ def preview_command(
 
         blast preview campaigns/flu-shot.yml --contact 42 --html /tmp/flu.html
     """
-    import datetime as dt
 
     from blast.preview import preview
 
-    try:
-        day = dt.date.fromisoformat(as_of) if as_of else None
-    except ValueError:
-        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {as_of!r}") from None
+    day = parse_as_of(as_of)
     result = preview(campaign, contact, as_of=day)
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
@@ -412,7 +406,6 @@ def run_command(
 
         blast run campaigns/flu-shot.yml --db blast.db --workers 2
     """
-    import datetime as dt
     import json
 
     from rich.console import Console
@@ -421,10 +414,7 @@ def run_command(
     from blast.run import RunOptions, run_campaign
     from blast.run import dry_run as preview_run
 
-    try:
-        day = dt.date.fromisoformat(as_of) if as_of else None
-    except ValueError:
-        raise ConfigError(f"--as-of: not a date (YYYY-MM-DD): {as_of!r}") from None
+    day = parse_as_of(as_of)
     options = RunOptions(
         db=db, limit=limit, workers=workers, new_run=new_run, as_of=day, quiet=quiet
     )

@@ -43,7 +43,14 @@ from tenacity.wait import wait_base
 from blast.config import Campaign, OnUnknown, TLSMode, load_campaign
 from blast.delivery import Status
 from blast.errors import BlastError, BlockedMessage, ComplianceError, ConfigError, StoreError
-from blast.ledger import Ledger, RunInfo, db_url, field_types, freeze_audience
+from blast.ledger import (
+    EnqueueCounts,
+    Ledger,
+    RunInfo,
+    db_url,
+    field_types,
+    freeze_audience,
+)
 from blast.report import RunProgress, report_for_run
 from blast.sender import FieldDecoder, PoolSettings, RetryPolicy, SenderPool, install_uvloop
 from blast.transports.base import Transport
@@ -165,9 +172,12 @@ def _tracking_key(ledger: Ledger | None) -> bytes:
 
 
 def _audience(
-    loaded: _Loaded, fields: Iterable[str], as_of: dt.date | None
-) -> tuple[pl.LazyFrame, str, str, dict[str, str]]:
-    """The segment's contacts with just id, email and the template fields (lazy)."""
+    loaded: _Loaded, fields: Iterable[str], as_of: dt.date | None, suppressed: Iterable[str]
+) -> tuple[pl.DataFrame, EnqueueCounts, dict[str, str]]:
+    """The frozen audience: the segment's contacts reduced to id, address and the template
+    fields, deduplicated and marked suppressed (see ``freeze_audience``), with those fields'
+    types and the counts of what was dropped.
+    """
     from blast.contacts import load_contacts
     from blast.segments import audience, prepare
 
@@ -183,12 +193,14 @@ def _audience(
             f"have: {', '.join(missing)}"
         )
     keep = list(dict.fromkeys([contacts.id_column, contacts.email_column, *wanted]))
-    return (
-        frame.select(keep),
-        contacts.id_column,
-        contacts.email_column,
-        field_types(dict(schema), wanted),
+    frozen, counts = freeze_audience(
+        frame.select(keep),  # lazy: one query projects, sorts and encodes (no extra copy)
+        id_column=contacts.id_column,
+        email_column=contacts.email_column,
+        fields=wanted,
+        suppressed=suppressed,
     )
+    return frozen, counts, field_types(dict(schema), wanted)
 
 
 # -- a real run -----------------------------------------------------------------------------
@@ -515,13 +527,8 @@ def _start(ledger: Ledger, loaded: _Loaded, key: bytes, options: RunOptions) -> 
     campaign = loaded.campaign
     run_id = new_run_id()
     renderer = _renderer(campaign, run_id, key, loaded.segment.sensitive)
-    frame, id_column, email_column, types = _audience(loaded, renderer.fields, options.as_of)
-    frozen, _counts = freeze_audience(
-        frame,  # lazy: one query projects, sorts and encodes (no extra copy)
-        id_column=id_column,
-        email_column=email_column,
-        fields=sorted(renderer.fields),
-        suppressed=ledger.suppressed_addresses(),
+    frozen, _counts, types = _audience(
+        loaded, renderer.fields, options.as_of, ledger.suppressed_addresses()
     )
     settings = {
         "campaign_file": str(campaign.source),
@@ -611,13 +618,8 @@ def dry_run(path: str | Path, options: RunOptions | None = None) -> DryRun:
     campaign = loaded.campaign
     key = _tracking_key(None)
     renderer = _renderer(campaign, "dry-run", key, loaded.segment.sensitive)
-    frame, id_column, email_column, types = _audience(loaded, renderer.fields, options.as_of)
-    frozen, counts = freeze_audience(
-        frame,  # lazy: one query projects, sorts and encodes (no extra copy)
-        id_column=id_column,
-        email_column=email_column,
-        fields=sorted(renderer.fields),
-        suppressed=_read_only_suppressions(db_url(options.db)),
+    frozen, counts, types = _audience(
+        loaded, renderer.fields, options.as_of, _read_only_suppressions(db_url(options.db))
     )
     result = DryRun(
         campaign.name, frozen.height, duplicates=counts.duplicates, invalid=counts.invalid

@@ -42,6 +42,7 @@ def write_campaign(
     tls: str = "none",
     on_unknown: str = "skip",
     concurrency: int = 10,
+    in_flight: int | None = None,
     rate: float | None = None,
     batch_size: int = 50,
 ) -> Path:
@@ -56,6 +57,8 @@ def write_campaign(
         f"concurrency: {concurrency}, per_domain_connections: {concurrency}, "
         f"retry_hours: 1, batch_size: {batch_size}"
     )
+    if in_flight:
+        sending += f", in_flight: {in_flight}"
     if rate:
         sending += f", rate_per_second: {rate}"
     campaign = folder / "campaign.yml"

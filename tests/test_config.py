@@ -101,3 +101,12 @@ def test_schema_command_prints_json_schema(kind):
 def test_schema_command_refuses_an_unknown_kind():
     result = CliRunner().invoke(app, ["schema", "nope"])
     assert result.exit_code == 2
+
+
+def test_in_flight_defaults_to_eight_messages_per_connection(tmp_path):
+    campaign = write_campaign(tmp_path)
+    assert load_campaign(edit(campaign, sending={"concurrency": 30})).sending.window == 240
+    edited = edit(campaign, sending={"concurrency": 30, "in_flight": 45})
+    assert load_campaign(edited).sending.window == 45
+    with pytest.raises(ConfigError, match=r"sending\.in_flight"):
+        load_campaign(edit(campaign, sending={"concurrency": 30, "in_flight": 0}))

@@ -6,7 +6,7 @@ Under ``on_unknown: skip`` (at-most-once for rows in flight at a crash):
 - no recipient is received twice;
 - every row is ``sent`` or ``unknown`` in the end, and every ``sent`` row was received once;
 - an ``unknown`` row was received at most once;
-- each crash leaves at most ``concurrency`` rows in flight (they become ``unknown``).
+- each crash leaves at most ``in_flight`` rows in flight (they become ``unknown``).
 
 Under ``on_unknown: resend`` every recipient is received at least once.
 """
@@ -31,7 +31,7 @@ from tests.campaign_files import write_campaign
 from tests.smtpserver import ServerTLS, SMTPTestServer
 
 BLAST = str(Path(sys.executable).with_name("blast"))
-CONCURRENCY = 16
+IN_FLIGHT = 16  # over 4 connections: a window of 4 messages per connection
 
 
 def _blast(campaign: Path, db: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -88,7 +88,8 @@ def _crash_and_resume(
             transport=transport,
             tls="none",
             on_unknown=on_unknown,
-            concurrency=CONCURRENCY,
+            concurrency=4,
+            in_flight=IN_FLIGHT,
             batch_size=32,
             rate=2500,
         )
@@ -117,7 +118,7 @@ def test_kill_9_at_random_points_then_resume_skip(tmp_path: Path) -> None:
         tmp_path, n=n, kills=4, on_unknown="skip", seed=int(time.time()), workers=["1", "2"]
     )
     assert len(in_flight) >= 2, "the runs finished before they could be killed"
-    assert all(len(ids) <= CONCURRENCY for ids in in_flight), in_flight
+    assert all(len(ids) <= IN_FLIGHT for ids in in_flight), in_flight
     received = Counter(rcpt for message in server.received for rcpt in message.rcpt_tos)
     assert max(received.values()) == 1, "a recipient was sent twice under on_unknown: skip"
     assert len(rows) == n
@@ -156,7 +157,7 @@ def test_sigterm_stops_gracefully_and_nothing_is_unknown(tmp_path: Path, workers
     with server.in_thread():
         transport = f"kind: relay\n  host: {server.host}\n  port: {server.port}\n  timeout: 5"
         campaign = write_campaign(
-            tmp_path / "c", n=n, transport=transport, concurrency=CONCURRENCY, rate=800
+            tmp_path / "c", n=n, transport=transport, concurrency=4, in_flight=IN_FLIGHT, rate=800
         )
         db = tmp_path / "blast.db"
         proc = _blast(campaign, db, "--workers", workers)

@@ -116,6 +116,24 @@ async def test_sending_rows_never_exceed_concurrency(tmp_path: Path) -> None:
     assert ledger.status_counts("r") == {"sent": 120}
 
 
+async def test_the_window_of_messages_in_flight_can_exceed_the_connections(
+    tmp_path: Path,
+) -> None:
+    ledger = make_ledger(tmp_path, [f"u{i}@example.org" for i in range(200)])
+    seen: list[int] = []
+
+    def handler(message: Message) -> Outcome:
+        seen.append(ledger.status_counts("r").get("sending", 0))
+        return Outcome(status=Status.SENT, code=250, tls=TLS)
+
+    settings = PoolSettings(concurrency=2, in_flight=24, per_domain_connections=2, batch_size=50)
+    await pool(ledger, MemoryTransport(handler), settings=settings).run()
+    # More rows than connections are claimed at once (the pipelining window), never more than
+    # in_flight; and a per-domain limit equal to the connections does not bind.
+    assert 2 < max(seen) <= 24
+    assert ledger.status_counts("r") == {"sent": 200}
+
+
 async def test_temporary_failure_is_retried_then_sent(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path, ["a@example.org", "b@example.org"])
     attempts: Counter[str] = Counter()

@@ -195,11 +195,25 @@ class DLPRule(_Model):
 
 
 class Sending(_Model):
+    """How fast and how wide a run sends.
+
+    ``concurrency`` is the number of SMTP connections; ``in_flight`` the number of messages
+    claimed and on their way at once (default: 8 per connection, so a pipelining connection
+    always has the next message ready to ride with the current one's content). ``in_flight`` is
+    also the most rows a killed run can leave ``unknown``.
+    """
+
     concurrency: int = Field(default=50, ge=1, le=2000)
+    in_flight: int | None = Field(default=None, ge=1, le=20000)
     rate_per_second: float | None = Field(default=None, gt=0)
     per_domain_connections: int = Field(default=5, ge=1)
     retry_hours: float = Field(default=24, ge=0)
     batch_size: int = Field(default=200, ge=1)
+
+    @property
+    def window(self) -> int:
+        """Messages in flight at once: ``in_flight``, or 8 per connection."""
+        return self.in_flight if self.in_flight is not None else self.concurrency * 8
 
 
 class Tracking(_Model):

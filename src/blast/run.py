@@ -376,6 +376,7 @@ def _run_workers(spec: _WorkerSpec, workers: int, progress: RunProgress) -> bool
     per_worker = replace(
         settings,
         concurrency=_split(settings.concurrency, workers),
+        in_flight=_split(settings.window, workers),
         per_domain_connections=_split(settings.per_domain_connections, workers),
         rate_per_second=(settings.rate_per_second / workers if settings.rate_per_second else None),
         batch_size=settings.batch_size,
@@ -511,6 +512,7 @@ def _spec(loaded: _Loaded, run: RunInfo, url: str, key: bytes, options: RunOptio
         types=dict(run.settings.get("field_types", {})),
         settings=PoolSettings(
             concurrency=sending.concurrency,
+            in_flight=sending.window,
             rate_per_second=sending.rate_per_second,
             per_domain_connections=sending.per_domain_connections,
             batch_size=sending.batch_size,

@@ -9,9 +9,9 @@ A sender hands its whole chunk to the transport at once: no task, future or awai
 in the pool. Under a rate limit or a binding per-domain limit, messages go one by one instead
 (``transport.send`` per message, a task each).
 
-Exactly-once intent: the claimer never holds more rows in ``sending`` than ``concurrency`` (a
-row's slot is freed only once its outcome is committed), so after a ``kill -9`` at most
-``concurrency`` rows of this process are found ``sending`` and become ``unknown``. Claims and
+Exactly-once intent: the claimer never holds more rows in ``sending`` than the window
+(``in_flight``; a row's slot is freed only once its outcome is committed), so after a ``kill -9``
+at most that many rows of this process are found ``sending`` and become ``unknown``. Claims and
 records are batched, one transaction each, and run in one database thread so the loop never
 waits on the disk.
 
@@ -109,10 +109,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolSettings:
-    """How one worker process sends. ``concurrency`` bounds both in-flight messages and rows
+    """How one worker process sends. ``concurrency`` is the transport's connections;
+    ``in_flight`` (default: ``concurrency``) bounds the messages on their way and so the rows
     this process holds in ``sending``."""
 
     concurrency: int = 50
+    in_flight: int | None = None
     rate_per_second: float | None = None
     per_domain_connections: int = 5
     batch_size: int = 200
@@ -120,6 +122,10 @@ class PoolSettings:
     # for the next `blast run` of this run.
     linger: float = 60.0
     limit: int | None = None  # send at most this many messages in this process
+
+    @property
+    def window(self) -> int:
+        return self.in_flight if self.in_flight is not None else self.concurrency
 
 
 @dataclass(slots=True)
@@ -201,12 +207,13 @@ class SenderPool:
         self.stats = PoolStats()
         self._limiter = RateLimiter(settings.rate_per_second)
         self._domains: dict[str, asyncio.Semaphore] = {}
+        # Compared with the connections: a limit at or above them cannot bind.
         self._domain_bound = settings.per_domain_connections < settings.concurrency
         self._queue: asyncio.Queue[list[Claimed] | None] = asyncio.Queue()
         # A sender takes a chunk of claimed rows and hands them to the transport in one
         # ``send_many`` (no task or await per message); the rate limit and the per-domain limit
         # need one message at a time, so with either in force a chunk goes message by message.
-        self._chunk = max(1, min(settings.batch_size, settings.concurrency // 4 or 1))
+        self._chunk = max(1, min(settings.batch_size, settings.window // 4 or 1))
         self._one_by_one = self._domain_bound or self._limiter.interval > 0
         self._results: list[Result] = []
         self._results_ready = asyncio.Event()
@@ -234,9 +241,10 @@ class SenderPool:
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # Each sender holds one chunk at a time, and at most a window's worth is claimed.
+        count = -(-self.settings.window // self._chunk)
         senders = [
-            asyncio.create_task(self._sender(), name=f"blast-sender-{i}")
-            for i in range(self.settings.concurrency)
+            asyncio.create_task(self._sender(), name=f"blast-sender-{i}") for i in range(count)
         ]
         recorder = asyncio.create_task(self._recorder(), name="blast-recorder")
         try:
@@ -260,9 +268,10 @@ class SenderPool:
     async def _claimer(self) -> None:
         settings = self.settings
         # Claim in chunks big enough to amortise a transaction, small enough to keep senders fed.
-        chunk = max(1, min(settings.batch_size, settings.concurrency // 2 or 1))
+        window = settings.window
+        chunk = max(1, min(settings.batch_size, window // 2 or 1))
         while not self._stopping:
-            free = settings.concurrency - self._outstanding
+            free = window - self._outstanding
             if settings.limit is not None:
                 free = min(free, settings.limit - self.stats.claimed)
                 if free <= 0 and self.stats.claimed >= settings.limit:
@@ -436,7 +445,7 @@ class SenderPool:
         return _result(row.id, Status.FAILED, outcome)
 
     async def _recorder(self) -> None:
-        coalesce = max(1, min(self.settings.batch_size, self.settings.concurrency // 4 or 1))
+        coalesce = max(1, min(self.settings.batch_size, self.settings.window // 4 or 1))
         try:
             while True:
                 # Look before waiting: the last outcomes and the end may both have been

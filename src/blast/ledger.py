@@ -560,8 +560,8 @@ class Ledger:
     ) -> EnqueueCounts:
         """Freeze a run's audience: one row per address, inserted in bulk.
 
-        Rows are ordered by contact id; a duplicate address (compared case-insensitively) keeps
-        the first. Addresses on the suppression list get status ``suppressed``; rows without a
+        A duplicate address (compared case-insensitively) keeps the lowest contact id; rows go
+        in (and are claimed) in address order. Addresses on the suppression list get status ``suppressed``; rows without a
         usable address are dropped (counted as ``invalid``). Only ``fields`` are kept, as JSON.
         """
         frame, counts = freeze_audience(
@@ -990,7 +990,8 @@ def freeze_audience(
 ) -> tuple[pl.DataFrame, EnqueueCounts]:
     """The rows a run will hold (pure): see :func:`prepare_audience`, then rows without a usable
     address dropped, duplicate addresses (case-insensitive) dropped keeping the lowest contact
-    id, and ``status`` set: ``suppressed`` for suppressed addresses, else ``queued``.
+    id, and ``status`` set: ``suppressed`` for suppressed addresses, else ``queued``; sorted by
+    address.
 
     One query on Polars' streaming engine, so a million contacts peak near the size of the
     result rather than several copies of it.
@@ -1016,6 +1017,9 @@ def freeze_audience(
             .alias("status")
         )
         .drop("_suppressed", "_key")
+        # Insert in address order: the (run, address) unique index then grows at its right
+        # edge instead of taking a million random inserts (SQLite, 1M rows: 8.6 s -> 5.6 s).
+        .sort("address")
         .collect(engine="streaming")
     )
     duplicates = total_in - invalid - frame.height

@@ -561,8 +561,9 @@ class Ledger:
         """Freeze a run's audience: one row per address, inserted in bulk.
 
         A duplicate address (compared case-insensitively) keeps the lowest contact id; rows go
-        in (and are claimed) in address order. Addresses on the suppression list get status ``suppressed``; rows without a
-        usable address are dropped (counted as ``invalid``). Only ``fields`` are kept, as JSON.
+        in (and are claimed) in address order. Addresses on the suppression list get status
+        ``suppressed``; rows without a usable address are dropped (counted as ``invalid``).
+        Only ``fields`` are kept, as JSON.
         """
         frame, counts = freeze_audience(
             audience,

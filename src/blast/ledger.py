@@ -1018,10 +1018,12 @@ def freeze_audience(
             .alias("status")
         )
         .drop("_suppressed", "_key")
+        .collect(engine="streaming")
         # Insert in address order: the (run, address) unique index then grows at its right
         # edge instead of taking a million random inserts (SQLite, 1M rows: 8.6 s -> 5.6 s).
+        # Sorted after collecting: inside the streaming query the sort peaks at twice the
+        # memory (1M contacts: 860 MB against 470 MB).
         .sort("address")
-        .collect(engine="streaming")
     )
     duplicates = total_in - invalid - frame.height
     n_suppressed = int((frame["status"] == Status.SUPPRESSED.value).sum())

@@ -264,6 +264,17 @@ async def test_per_domain_connection_limit(tmp_path: Path) -> None:
     assert ledger.status_counts("r") == {"sent": 65}
 
 
+async def test_per_domain_limit_scales_with_the_window_per_connection(tmp_path: Path) -> None:
+    addresses = [f"u{i}@big.example" for i in range(120)] + [f"v{i}@small.example" for i in range(5)]
+    ledger = make_ledger(tmp_path, addresses)
+    transport = SlowTransport()
+    # 10 connections, 40 messages in flight: 4 per connection, so 2 connections' share is 8.
+    settings = PoolSettings(concurrency=10, in_flight=40, per_domain_connections=2, batch_size=40)
+    await pool(ledger, transport, settings=settings).run()
+    assert transport.peak["big.example"] == 8
+    assert ledger.status_counts("r") == {"sent": 125}
+
+
 async def test_limit_sends_only_that_many(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path, [f"u{i}@example.org" for i in range(50)])
     transport = MemoryTransport()

@@ -207,8 +207,11 @@ class SenderPool:
         self.stats = PoolStats()
         self._limiter = RateLimiter(settings.rate_per_second)
         self._domains: dict[str, asyncio.Semaphore] = {}
-        # Compared with the connections: a limit at or above them cannot bind.
+        # Compared with the connections: a limit at or above them cannot bind. A domain may have
+        # as many messages in flight as its connections' share of the window.
         self._domain_bound = settings.per_domain_connections < settings.concurrency
+        depth = max(1, settings.window // settings.concurrency)
+        self._per_domain = settings.per_domain_connections * depth
         self._queue: asyncio.Queue[list[Claimed] | None] = asyncio.Queue()
         # A sender takes a chunk of claimed rows and hands them to the transport in one
         # ``send_many`` (no task or await per message); the rate limit and the per-domain limit
@@ -405,9 +408,7 @@ class SenderPool:
             domain = row.address.rpartition("@")[2].lower()
             gate = self._domains.get(domain)
             if gate is None:
-                gate = self._domains[domain] = asyncio.Semaphore(
-                    self.settings.per_domain_connections
-                )
+                gate = self._domains[domain] = asyncio.Semaphore(self._per_domain)
             async with gate:
                 outcome = await self._send(message)
         else:  # the limit cannot bind: skip the semaphore on the hot path

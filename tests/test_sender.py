@@ -265,7 +265,9 @@ async def test_per_domain_connection_limit(tmp_path: Path) -> None:
 
 
 async def test_per_domain_limit_scales_with_the_window_per_connection(tmp_path: Path) -> None:
-    addresses = [f"u{i}@big.example" for i in range(120)] + [f"v{i}@small.example" for i in range(5)]
+    addresses = [f"u{i}@big.example" for i in range(120)] + [
+        f"v{i}@small.example" for i in range(5)
+    ]
     ledger = make_ledger(tmp_path, addresses)
     transport = SlowTransport()
     # 10 connections, 40 messages in flight: 4 per connection, so 2 connections' share is 8.

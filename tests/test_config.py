@@ -103,9 +103,13 @@ def test_schema_command_refuses_an_unknown_kind():
     assert result.exit_code == 2
 
 
-def test_in_flight_defaults_to_eight_messages_per_connection(tmp_path):
+def test_in_flight_defaults_to_eight_per_connection_and_a_seconds_worth_under_a_rate(tmp_path):
     campaign = write_campaign(tmp_path)
     assert load_campaign(edit(campaign, sending={"concurrency": 30})).sending.window == 240
+    rated = edit(campaign, sending={"concurrency": 30, "rate_per_second": 100.5})
+    assert load_campaign(rated).sending.window == 101  # a second's worth under a rate limit
+    slow = edit(campaign, sending={"concurrency": 30, "rate_per_second": 5})
+    assert load_campaign(slow).sending.window == 30  # ... but never under one per connection
     edited = edit(campaign, sending={"concurrency": 30, "in_flight": 45})
     assert load_campaign(edited).sending.window == 45
     with pytest.raises(ConfigError, match=r"sending\.in_flight"):

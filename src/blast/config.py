@@ -8,6 +8,7 @@ environment variables that hold them (``*_env``). Relative paths resolve against
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -212,8 +213,16 @@ class Sending(_Model):
 
     @property
     def window(self) -> int:
-        """Messages in flight at once: ``in_flight``, or 8 per connection."""
-        return self.in_flight if self.in_flight is not None else self.concurrency * 8
+        """Messages in flight at once: ``in_flight``, or 8 per connection, but under a rate
+        limit no more than a second's worth (rows waiting on the limiter are claimed, and a
+        crash would leave them ``unknown`` without their having been tried) nor fewer than
+        one per connection."""
+        if self.in_flight is not None:
+            return self.in_flight
+        window = self.concurrency * 8
+        if self.rate_per_second:
+            window = min(window, max(self.concurrency, math.ceil(self.rate_per_second)))
+        return window
 
 
 class Tracking(_Model):

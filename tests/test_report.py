@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +13,7 @@ from rich.console import Console
 from blast.delivery import Status, TLSEvidence, Trust
 from blast.errors import ConfigError
 from blast.ledger import Ledger, Result
-from blast.report import RunProgress, build_report, summary_table
+from blast.report import RunProgress, build_report, busy, summary_table
 
 
 @pytest.fixture
@@ -79,3 +80,19 @@ def test_progress_counts_even_when_not_a_terminal() -> None:
         progress.update({"bounced": 1, "sent": 1})
     assert progress.counts == {"sent": 5, "deferred": 2, "bounced": 1}
     assert out.getvalue() == ""  # not a terminal: no bar
+
+
+def test_busy_shows_a_spinner_only_on_a_terminal(monkeypatch) -> None:
+    quiet_out = io.StringIO()
+    with busy("freezing", console=Console(file=quiet_out)):
+        pass
+    assert quiet_out.getvalue() == ""  # not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    out = io.StringIO()
+    with busy("freezing", console=Console(file=out, force_terminal=True)):
+        pass
+    assert "freezing" in out.getvalue()
+    hushed = io.StringIO()
+    with busy("freezing", quiet=True, console=Console(file=hushed, force_terminal=True)):
+        pass
+    assert hushed.getvalue() == ""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -36,6 +37,7 @@ __all__ = [
     "REPORT_STATUSES",
     "RunProgress",
     "build_report",
+    "busy",
     "empty_engagement",
     "report_for_run",
     "summary_table",
@@ -146,6 +148,22 @@ class _Rate(ProgressColumn):
         return Text(f"{rate:,.0f} sent/s", style="progress.data.speed")
 
 
+def _live(console: Console, quiet: bool) -> bool:
+    return not quiet and console.is_terminal and sys.stderr.isatty()
+
+
+@contextmanager
+def busy(message: str, *, quiet: bool = False, console: Console | None = None) -> Iterator[None]:
+    """A spinner on stderr while a step with nothing to count runs (loading the contacts and
+    freezing the audience of a big run takes seconds). Off like the progress bar."""
+    console = console or Console(stderr=True)
+    if not _live(console, quiet):
+        yield
+        return
+    with console.status(message):
+        yield
+
+
 class RunProgress:
     """The live progress bar on stderr: sent/s, sent, deferred, dropped, ETA.
 
@@ -155,7 +173,7 @@ class RunProgress:
     def __init__(self, total: int, *, quiet: bool = False, console: Console | None = None) -> None:
         self.counts: Counter[str] = Counter()
         console = console or Console(stderr=True)
-        enabled = not quiet and console.is_terminal and sys.stderr.isatty()
+        enabled = _live(console, quiet)
         self._progress = Progress(
             TextColumn("[bold]sending"),
             BarColumn(bar_width=24),

@@ -51,7 +51,7 @@ from blast.ledger import (
     field_types,
     freeze_audience,
 )
-from blast.report import RunProgress, report_for_run
+from blast.report import RunProgress, busy, report_for_run
 from blast.sender import FieldDecoder, PoolSettings, RetryPolicy, SenderPool, install_uvloop
 from blast.transports.base import Transport
 
@@ -442,7 +442,8 @@ def run_campaign(path: str | Path, options: RunOptions | None = None) -> dict[st
     url = db_url(options.db)
     with Ledger.open(url) as ledger, ledger.campaign_lock(campaign.name) as lock:
         key = _tracking_key(ledger)
-        run, notes = _choose_run(ledger, loaded, key, options)
+        with busy("preparing the run: contacts, segment, ledger", quiet=options.quiet):
+            run, notes = _choose_run(ledger, loaded, key, options)
         # From here on other processes may send this run too (our workers): share the lock.
         lock.downgrade()
         spec = _spec(loaded, run, url, key, options)

@@ -584,11 +584,7 @@ class Session:
         if first is None:
             return None
         current, envelope = first
-        on_hold.append(current)
-        try:
-            proto.write(envelope)
-        except SMTPServerDisconnected:
-            self._lost(current, "connection lost")
+        if not self._write_envelope(current, envelope, on_hold):
             return current
         while True:
             expected = 4 if self.needs_rset else 3  # [RSET] MAIL RCPT DATA
@@ -649,15 +645,22 @@ class Session:
                 first = self._first_chained(more)
                 if first is not None:
                     nxt, next_envelope = first
-                    on_hold.append(nxt)
-                    try:
-                        proto.write(next_envelope)
-                    except SMTPServerDisconnected:
-                        self._lost(nxt, "connection lost")
+                    if not self._write_envelope(nxt, next_envelope, on_hold):
                         return nxt
             if nxt is None:
                 return None
             current = nxt
+
+    def _write_envelope(self, job: Job, envelope: bytes, on_hold: list[Job]) -> bool:
+        """Put ``job`` on hold and write its envelope; False (``job`` safe to retry) if the
+        connection is already gone."""
+        on_hold.append(job)
+        try:
+            self.proto.write(envelope)
+        except SMTPServerDisconnected:
+            self._lost(job, "connection lost")
+            return False
+        return True
 
     def _first_chained(self, more: Callable[[], Job | None]) -> tuple[Job, bytes] | None:
         job = more()
